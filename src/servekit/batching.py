@@ -1,0 +1,258 @@
+"""Dynamic batching: a bounded asyncio queue in front of an instance pool.
+
+Policy (what Triton and TF Serving users expect):
+
+- An idle instance takes whatever is queued at once, so low load adds no latency;
+  batches form by themselves while every instance is busy. ``max_queue_delay_ms``
+  is an opt-in wait for a fuller batch.
+- ``max_batch_size`` counts rows, not requests.
+- The queue is bounded: a full queue refuses at once (``Overloaded`` → 503).
+- A request's deadline counts its queue time; a request that is past its deadline
+  or whose caller went away is dropped before compute.
+- Lower ``priority`` numbers are served first; equal priorities in arrival order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from servekit.errors import (
+    DeadlineExceeded,
+    InferenceFailed,
+    Overloaded,
+    ServekitError,
+    ShuttingDown,
+)
+from servekit.metrics import ModelMetrics
+from servekit.pool import Instance, InstancePool, Outputs
+from servekit.tensors import Array
+
+
+@dataclass(slots=True, order=True)
+class Pending:
+    priority: int
+    seq: int
+    inputs: Mapping[str, Array] = field(compare=False)
+    rows: int = field(compare=False)
+    future: asyncio.Future[Outputs] = field(compare=False)
+    enqueued: float = field(compare=False)  # time.monotonic()
+    deadline: float = field(compare=False)  # time.monotonic()
+
+
+class Batcher:
+    """Forms batches from queued requests and runs them on the pool's instances."""
+
+    def __init__(
+        self,
+        pool: InstancePool,
+        metrics: ModelMetrics,
+        *,
+        max_batch_size: int,
+        max_queue_delay_s: float,
+        max_queue_size: int,
+        timeout_s: float,
+    ) -> None:
+        self._pool = pool
+        self._metrics = metrics
+        self.max_batch_size = max_batch_size
+        self._max_delay = max_queue_delay_s
+        self._max_queue = max_queue_size
+        self._timeout = timeout_s
+        self._heap: list[Pending] = []
+        self._queued_rows = 0
+        self._seq = itertools.count()
+        self._has_work = asyncio.Event()
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._run(), name="batcher")
+
+    @property
+    def queue_size(self) -> int:
+        return len(self._heap)
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Accept nothing new; wait until everything accepted is answered."""
+        self._closing = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        """Stop forming batches; fail whatever is still queued; wait for running batches."""
+        self._closing = True
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        while self._heap:
+            p = heapq.heappop(self._heap)
+            if not p.future.done():
+                p.future.set_exception(ShuttingDown("model is unloading"))
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+
+    # -- submitting ------------------------------------------------------------------
+
+    async def infer(
+        self,
+        inputs: Mapping[str, Array],
+        rows: int,
+        *,
+        timeout_s: float | None = None,
+        priority: int = 0,
+    ) -> Outputs:
+        """Queue one validated request and wait for its rows of the batch output."""
+        if self._closing:
+            raise ShuttingDown("model is unloading; no new requests")
+        if len(self._heap) >= self._max_queue:
+            self._metrics.failure("rejected")
+            raise Overloaded(f"queue full ({self._max_queue} requests waiting); retry later")
+        timeout = self._timeout if timeout_s is None else min(timeout_s, self._timeout)
+        now = time.monotonic()
+        fut: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
+        heapq.heappush(
+            self._heap, Pending(priority, next(self._seq), inputs, rows, fut, now, now + timeout)
+        )
+        self._queued_rows += rows
+        self._metrics.queued(1)
+        self._has_work.set()
+        self._idle.clear()
+        try:
+            # The deadline covers queue and compute; a request still queued when it
+            # passes is cancelled here and skipped when its batch forms.
+            out = await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            self._metrics.failure("timeout")
+            raise DeadlineExceeded(f"deadline of {timeout * 1000:.0f} ms passed") from None
+        except asyncio.CancelledError:
+            self._metrics.failure("cancelled")
+            raise
+        except DeadlineExceeded:
+            self._metrics.failure("timeout")
+            raise
+        except ServekitError:
+            self._metrics.failure("error")
+            raise
+        self._metrics.success()
+        return out
+
+    # -- the batching loop -----------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            worker = await self._pool.acquire()
+            try:
+                batch = await self._next_batch()
+            except BaseException:
+                self._pool.release(worker)
+                raise
+            if not batch:
+                self._pool.release(worker)
+                continue
+            task = asyncio.create_task(self._execute(worker, batch))
+            self._inflight.add(task)
+            task.add_done_callback(self._batch_done)
+
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._maybe_idle()
+
+    def _maybe_idle(self) -> None:
+        if not self._heap and not self._inflight:
+            self._idle.set()
+
+    async def _next_batch(self) -> list[Pending]:
+        await self._has_work.wait()
+        if self._max_delay > 0 and self._queued_rows < self.max_batch_size:
+            # Opt-in: give the batch until the oldest request's delay runs out to fill.
+            oldest = min(p.enqueued for p in self._heap)
+            wait = oldest + self._max_delay - time.monotonic()
+            while wait > 0 and self._queued_rows < self.max_batch_size:
+                self._has_work.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._has_work.wait(), wait)
+                wait = oldest + self._max_delay - time.monotonic()
+        batch: list[Pending] = []
+        rows = 0
+        now = time.monotonic()
+        shape_key: tuple[tuple[int, ...], ...] | None = None
+        put_back: list[Pending] = []
+        # A request larger than max_batch_size (allowed for unbatchable models) runs alone.
+        while self._heap and (not batch or rows + self._heap[0].rows <= self.max_batch_size):
+            p = heapq.heappop(self._heap)
+            if p.future.done():  # cancelled by its caller or its deadline
+                self._dequeued(p)
+                continue
+            if now > p.deadline:
+                self._dequeued(p)
+                p.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+                continue
+            key = _row_shapes(p.inputs)
+            if shape_key is None:
+                shape_key = key
+            elif key != shape_key:
+                # Only rows of one shape can be stacked (models with variable inner dims).
+                put_back.append(p)
+                continue
+            self._dequeued(p)
+            batch.append(p)
+            rows += p.rows
+        for p in put_back:
+            heapq.heappush(self._heap, p)
+        if not self._heap:
+            self._has_work.clear()
+            self._maybe_idle()
+        return batch
+
+    def _dequeued(self, p: Pending) -> None:
+        self._queued_rows -= p.rows
+        self._metrics.queued(-1)
+
+    async def _execute(self, worker: Instance, batch: list[Pending]) -> None:
+        try:
+            rows = sum(p.rows for p in batch)
+            now = time.monotonic()
+            self._metrics.batch(rows, [now - p.enqueued for p in batch])
+            if len(batch) == 1:
+                inputs = batch[0].inputs
+            else:
+                inputs = {
+                    name: np.concatenate([p.inputs[name] for p in batch])
+                    for name in batch[0].inputs
+                }
+            out = await self._pool.run(worker, inputs)
+        except Exception as e:
+            # Whatever went wrong fails this batch only; the loop and the pool go on.
+            err = e if isinstance(e, ServekitError) else InferenceFailed(f"{type(e).__name__}: {e}")
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(err)
+        else:
+            offset = 0
+            for p in batch:
+                if not p.future.done():  # its caller may have given up meanwhile
+                    p.future.set_result({k: v[offset : offset + p.rows] for k, v in out.items()})
+                offset += p.rows
+        finally:
+            self._pool.release(worker)
+
+
+def _row_shapes(inputs: Mapping[str, Array]) -> tuple[tuple[int, ...], ...]:
+    return tuple(v.shape[1:] for v in inputs.values())

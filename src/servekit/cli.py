@@ -1,0 +1,205 @@
+"""The `servekit` command. It only builds settings and hands them on."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+import uvicorn
+from rich.console import Console
+from rich.table import Table
+
+from servekit import __version__
+from servekit.config import load_settings
+from servekit.errors import ServekitError
+
+app = typer.Typer(
+    name="servekit",
+    help="Serve TFLite models as fast, batched, observable HTTP services.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str) -> NoReturn:
+    """One clear line on stderr and a non-zero exit; never a traceback."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"servekit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """servekit: a model-serving platform for TFLite models.
+
+    Examples:
+
+      servekit serve                       # the bundled demo model on 127.0.0.1:8000
+
+      servekit serve model.tflite --port 9000
+
+      servekit serve ./models --host 0.0.0.0 --workers 2
+
+      servekit inspect model.tflite
+    """
+
+
+def _settings_to_env(settings_json: dict[str, Any]) -> None:
+    """Hand settings to the server process(es) as SERVEKIT_* variables (JSON for objects)."""
+    for key, value in settings_json.items():
+        if value is None:
+            continue
+        text = json.dumps(value) if isinstance(value, dict | list) else str(value)
+        os.environ[f"SERVEKIT_{key.upper()}"] = text
+
+
+APP_FACTORY = "servekit.server.app:create_app_from_env"
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after a graceful shutdown, so the process dies of the
+    signal (exit -15). A drained shutdown is a success for servekit: exit 0."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
+
+
+@app.command()
+def serve(
+    model_path: Annotated[
+        Path | None,
+        typer.Argument(
+            help="A .tflite file or a model repository (<repo>/<model>/<version>/model.tflite). "
+            "Omit it to serve the bundled demo model."
+        ),
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on [default: 127.0.0.1].")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on [default: 8000].")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="Server settings YAML (see configs/server.yaml)."),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Server processes (each loads every model).")
+    ] = 1,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error.")] = None,
+) -> None:
+    """Serve a model (or the bundled demo) over HTTP.
+
+    Settings come from, highest first: these flags, SERVEKIT_* environment variables,
+    the --config YAML file, then defaults.
+
+    Examples:
+
+      servekit serve
+
+      servekit serve model.tflite --port 9000
+
+      SERVEKIT_DEFAULT_MODEL_CONFIG='{"max_batch_size": 64}' servekit serve ./models
+    """
+    try:
+        settings = load_settings(
+            config, model_path=model_path, host=host, port=port, log_level=log_level
+        )
+        if settings.model_path is not None:
+            from servekit.repository import scan
+
+            scan(settings.model_path)  # fail here, in one line, on a bad path
+    except ServekitError as e:
+        fail(str(e))
+    _settings_to_env(settings.model_dump(mode="json", exclude_defaults=True))
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    config_kwargs: dict[str, Any] = {
+        "factory": True,
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "timeout_graceful_shutdown": int(settings.drain_timeout_s) or None,
+        "access_log": False,
+    }
+    if workers > 1:
+        uvicorn.run(APP_FACTORY, workers=workers, **config_kwargs)
+    else:
+        server = _DrainingServer(uvicorn.Config(APP_FACTORY, **config_kwargs))
+        server.run()
+        if not server.started:
+            raise typer.Exit(3)
+
+
+@app.command()
+def inspect(
+    model: Annotated[Path, typer.Argument(help="A .tflite file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Print a model's inputs and outputs (name, dtype, shape, quantization).
+
+    Example:
+
+      servekit inspect model.tflite
+    """
+    from servekit.runtime import TFLiteModel, read_model_bytes, runtime_name
+
+    try:
+        m = TFLiteModel(read_model_bytes(model))
+    except ServekitError as e:
+        fail(str(e))
+    sig = m.signature
+    if as_json:
+        console.print_json(
+            json.dumps(
+                {
+                    "signature": sig.signature_key,
+                    "inputs": [s.to_dict() for s in sig.inputs],
+                    "outputs": [s.to_dict() for s in sig.outputs],
+                }
+            )
+        )
+        return
+    table = Table(
+        title=f"{model.name} (signature: {sig.signature_key or 'none'}, runtime: {runtime_name()})"
+    )
+    for col in ("kind", "name", "datatype", "shape", "quantization"):
+        table.add_column(col)
+    for kind, specs in (("input", sig.inputs), ("output", sig.outputs)):
+        for s in specs:
+            q = (
+                f"scale={s.quantization.scale:.6g} zero_point={s.quantization.zero_point}"
+                if s.quantization
+                else ""
+            )
+            table.add_row(kind, s.name, s.datatype, str(list(s.shape)), q)
+    console.print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,129 @@
+"""Server settings and per-model configuration.
+
+Precedence of server settings, highest first: CLI flags, ``SERVEKIT_*`` environment
+variables, the YAML file given with ``--config``, then the defaults below.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from servekit.errors import BadInput
+
+DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32)
+
+
+class ModelConfig(BaseModel):
+    """How one model is served. Read from ``<repo>/<model>/config.yaml``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int = Field(32, ge=1, le=4096, description="Rows per execution, at most.")
+    max_queue_delay_ms: float = Field(
+        0.0, ge=0, description="Wait this long for a fuller batch; 0 runs at once when idle."
+    )
+    batch_buckets: list[int] | None = Field(
+        None, description="Batch sizes allocated at warm-up; batches are padded up to one."
+    )
+    instances: int = Field(1, ge=1, le=64, description="Interpreter instances (threads).")
+    threads_per_instance: int = Field(1, ge=1, le=64, description="TFLite threads each.")
+    max_queue_size: int = Field(
+        1024, ge=1, description="Queued requests at most; past it requests get 503."
+    )
+    timeout_ms: float = Field(
+        30_000, gt=0, description="Deadline of a request, counted from its arrival."
+    )
+    version_policy: Literal["latest", "all", "specific"] = "latest"
+    latest_versions: int = Field(1, ge=1)
+    specific_versions: list[int] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.batch_buckets is not None:
+            b = self.batch_buckets
+            if not b or any(x < 1 for x in b) or sorted(set(b)) != b:
+                raise ValueError(f"batch_buckets must be increasing positive integers, got {b}")
+            if b[-1] > self.max_batch_size:
+                raise ValueError(
+                    f"largest batch bucket {b[-1]} exceeds max_batch_size {self.max_batch_size}"
+                )
+        if self.max_queue_delay_ms >= self.timeout_ms:
+            raise ValueError(
+                f"max_queue_delay_ms ({self.max_queue_delay_ms}) must be below timeout_ms "
+                f"({self.timeout_ms})"
+            )
+        if self.version_policy == "specific" and not self.specific_versions:
+            raise ValueError("version_policy 'specific' needs specific_versions")
+        return self
+
+    def buckets(self) -> list[int]:
+        """Batch sizes to allocate: the configured list, or powers of two up to the max."""
+        if self.batch_buckets is not None:
+            chosen = list(self.batch_buckets)
+        else:
+            chosen = [b for b in DEFAULT_BUCKETS if b < self.max_batch_size]
+        if chosen[-1] != self.max_batch_size:
+            chosen.append(self.max_batch_size)
+        return chosen
+
+    @classmethod
+    def from_yaml(cls, path: Path, base: dict[str, Any] | None = None) -> ModelConfig:
+        """Read ``path`` over ``base`` (values the file does not set)."""
+        data = dict(base or {})
+        data.update(load_yaml(path) if path.exists() else {})
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise BadInput(f"invalid model config {path}: {_one_line(e)}") from None
+
+
+class ServerSettings(BaseSettings):
+    """Settings of one ``servekit serve`` process."""
+
+    model_config = SettingsConfigDict(env_prefix="SERVEKIT_", extra="forbid")
+
+    model_path: Path | None = Field(
+        None, description="A .tflite file or a model repository; none serves the demo."
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="413 above this.")
+    default_model_config: ModelConfig = Field(default_factory=ModelConfig)
+    switch_interval_s: float = Field(
+        0.001, gt=0, description="sys.setswitchinterval: how soon workers get the GIL back."
+    )
+    drain_timeout_s: float = Field(30.0, ge=0, description="Time to finish work at shutdown.")
+
+
+def _one_line(e: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in e.errors()
+    )
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise BadInput(f"cannot read {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise BadInput(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load_settings(config_file: Path | None = None, **cli: Any) -> ServerSettings:
+    """Build settings: CLI flags over environment over the YAML file over defaults."""
+    merged: dict[str, Any] = load_yaml(config_file) if config_file else {}
+    try:
+        from_env = ServerSettings()  # reads SERVEKIT_* and defaults only
+        merged.update({k: getattr(from_env, k) for k in from_env.model_fields_set})
+        merged.update({k: v for k, v in cli.items() if v is not None})
+        return ServerSettings(**merged)
+    except ValidationError as e:
+        raise BadInput(f"invalid server settings: {_one_line(e)}") from None

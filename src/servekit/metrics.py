@@ -1,0 +1,165 @@
+"""Every Prometheus metric servekit defines, in one place.
+
+One ``Metrics`` object per app, with its own registry, is handed to the layers that
+know each fact: the batcher (queue time, batch size, outcomes), the pool (compute
+time, busy instances), the registry (model state, load time). HTTP metrics come from
+prometheus-fastapi-instrumentator in the server.
+
+Average batch size is a PromQL division:
+``rate(servekit_inferences_total[5m]) / rate(servekit_executions_total[5m])``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+# Model states, as numbers for the state gauge (one series per model and version).
+STATES = ("UNAVAILABLE", "LOADING", "READY", "UNLOADING")
+
+# Outcome reasons of failed requests (label "reason" of servekit_requests_total).
+REASONS = ("rejected", "timeout", "cancelled", "invalid", "error")
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        mv = ("model", "version")
+        self.requests = Counter(
+            "servekit_requests",
+            "Inference requests by outcome (success, or failure with a reason).",
+            (*mv, "outcome", "reason"),
+            registry=r,
+        )
+        self.inferences = Counter("servekit_inferences", "Samples (rows) computed.", mv, registry=r)
+        self.executions = Counter(
+            "servekit_executions", "Batches executed (interpreter runs).", mv, registry=r
+        )
+        self.queue_seconds = Histogram(
+            "servekit_queue_duration_seconds",
+            "Time a request waited in the queue before its batch started.",
+            mv,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.compute_seconds = Histogram(
+            "servekit_compute_duration_seconds",
+            "Time one batch spent in the interpreter (with padding and copies).",
+            mv,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "servekit_batch_size",
+            "Rows per executed batch.",
+            mv,
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.pending = Gauge(
+            "servekit_pending_requests",
+            "Requests queued and not yet picked into a batch.",
+            mv,
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.busy_instances = Gauge(
+            "servekit_busy_instances",
+            "Interpreter instances running a batch now.",
+            mv,
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.instances = Gauge(
+            "servekit_instances",
+            "Interpreter instances loaded.",
+            mv,
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.model_state = Gauge(
+            "servekit_model_state",
+            "1 for the state each model version is in.",
+            (*mv, "state"),
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.load_seconds = Histogram(
+            "servekit_model_load_duration_seconds",
+            "Time to load and warm up a model version.",
+            mv,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.load_failures = Counter(
+            "servekit_model_load_failures", "Model versions that failed to load.", mv, registry=r
+        )
+
+    def for_model(self, model: str, version: str) -> ModelMetrics:
+        return ModelMetrics(self, model, version)
+
+
+@dataclass(slots=True)
+class ModelMetrics:
+    """The metrics of one model version, labels bound once."""
+
+    m: Metrics
+    model: str
+    version: str
+
+    def success(self, n: int = 1) -> None:
+        self.m.requests.labels(self.model, self.version, "success", "").inc(n)
+
+    def failure(self, reason: str) -> None:
+        self.m.requests.labels(self.model, self.version, "failure", reason).inc()
+
+    def queued(self, delta: int) -> None:
+        self.m.pending.labels(self.model, self.version).inc(delta)
+
+    def batch(self, rows: int, queue_waits: list[float]) -> None:
+        labels = (self.model, self.version)
+        self.m.executions.labels(*labels).inc()
+        self.m.inferences.labels(*labels).inc(rows)
+        self.m.batch_size.labels(*labels).observe(rows)
+        hist = self.m.queue_seconds.labels(*labels)
+        for w in queue_waits:
+            hist.observe(w)
+
+    def compute(self, seconds: float) -> None:
+        self.m.compute_seconds.labels(self.model, self.version).observe(seconds)
+
+    def busy(self, delta: int) -> None:
+        self.m.busy_instances.labels(self.model, self.version).inc(delta)
+
+    def set_instances(self, n: int) -> None:
+        self.m.instances.labels(self.model, self.version).set(n)
+
+    def state(self, state: str) -> None:
+        for s in STATES:
+            self.m.model_state.labels(self.model, self.version, s).set(1 if s == state else 0)
+
+    def loaded(self, seconds: float) -> None:
+        self.m.load_seconds.labels(self.model, self.version).observe(seconds)
+
+    def load_failed(self) -> None:
+        self.m.load_failures.labels(self.model, self.version).inc()

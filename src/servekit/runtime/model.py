@@ -1,0 +1,219 @@
+"""One TFLite interpreter: signature, batch-size buckets, padded invoke.
+
+A ``TFLiteModel`` is not thread-safe; the pool gives each one to a single worker
+thread for its whole life.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from servekit.errors import BadInput, InferenceFailed
+from servekit.runtime.interpreter import interpreter_class
+from servekit.tensors import Array, Quantization, TensorSpec
+
+log = logging.getLogger(__name__)
+
+SERVING_SIGNATURE = "serving_default"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSignature:
+    """What a model takes and gives, as loaded (before batch detection)."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    signature_key: str | None  # None when the model has no signature defs
+    native_batch: int | None  # the first dimension baked into the file, None if dynamic
+
+
+def read_model_bytes(path: Path) -> bytes:
+    """Read a .tflite file, refusing anything that is not a TFLite flatbuffer."""
+    try:
+        content = path.read_bytes()
+    except OSError as e:
+        raise BadInput(f"cannot read model file {path}: {e.strerror or e}") from None
+    # A TFLite flatbuffer carries the identifier "TFL3" at byte offset 4.
+    if len(content) < 8 or content[4:8] != b"TFL3":
+        raise BadInput(f"{path} is not a TFLite model (no TFL3 identifier)")
+    return content
+
+
+def _spec(name: str, details: Mapping[str, Any]) -> TensorSpec:
+    shape_sig = details.get("shape_signature")
+    shape = tuple(
+        int(d)
+        for d in (shape_sig if shape_sig is not None and len(shape_sig) else details["shape"])
+    )
+    scale, zero_point = details.get("quantization", (0.0, 0))
+    quant = Quantization(float(scale), int(zero_point)) if scale else None
+    return TensorSpec(
+        name=name,
+        dtype=np.dtype(details["dtype"]),
+        shape=shape,
+        quantization=quant,
+        index=int(details["index"]),
+    )
+
+
+def _read_signature(interp: Any) -> ModelSignature:
+    """Prefer the serving_default signature's names; else the raw tensor details."""
+    sigs: dict[str, Any] = {}
+    try:
+        sigs = interp._get_full_signature_list() or {}
+    except AttributeError:  # very old runtimes
+        sigs = {}
+    key = SERVING_SIGNATURE if SERVING_SIGNATURE in sigs else next(iter(sigs), None)
+    if key is not None and interp._interpreter.GetSubgraphIndexFromSignature(key) == 0:
+        by_index_in = {d["index"]: d for d in interp.get_input_details()}
+        by_index_out = {d["index"]: d for d in interp.get_output_details()}
+        inputs = tuple(_spec(n, by_index_in[i]) for n, i in sorted(sigs[key]["inputs"].items()))
+        outputs = tuple(_spec(n, by_index_out[i]) for n, i in sorted(sigs[key]["outputs"].items()))
+    else:
+        if key is not None:
+            log.warning("signature %r is not the main subgraph; using tensor names", key)
+            key = None
+        inputs = tuple(_spec(d["name"], d) for d in interp.get_input_details())
+        outputs = tuple(_spec(d["name"], d) for d in interp.get_output_details())
+    firsts = {s.shape[0] for s in inputs if s.shape}
+    native = None if -1 in firsts or len(firsts) != 1 else firsts.pop()
+    return ModelSignature(inputs, outputs, key, native)
+
+
+class TFLiteModel:
+    """One interpreter and the batch sizes it has been allocated for."""
+
+    def __init__(self, content: bytes, *, num_threads: int = 1) -> None:
+        try:
+            self._interp = interpreter_class()(model_content=content, num_threads=num_threads)
+            self._interp.allocate_tensors()
+        except (ValueError, RuntimeError) as e:
+            raise BadInput(f"the TFLite runtime cannot load this model: {e}") from None
+        self.signature = _read_signature(self._interp)
+        self._buckets: list[int] = []
+        self._current: tuple[tuple[int, ...], ...] | None = None
+        # The batch size the interpreter runs at when the model cannot be resized.
+        self._chunk = self.signature.native_batch or 1
+        self._pad_buffers: dict[tuple[str, int], Array] = {}
+
+    @property
+    def batchable(self) -> bool:
+        return bool(self._buckets)
+
+    @property
+    def buckets(self) -> list[int]:
+        return list(self._buckets)
+
+    @property
+    def chunk(self) -> int:
+        """Rows per invoke when the model is not batchable."""
+        return self._chunk
+
+    # -- warm-up ---------------------------------------------------------------------
+
+    def prepare(self, buckets: Sequence[int], samples: Mapping[str, Array] | None = None) -> bool:
+        """Allocate and run every bucket once. Returns False if the model cannot be resized.
+
+        Resizing to a new shape is expensive (tens to hundreds of ms on big models),
+        switching between shapes already allocated is cheap, so it all happens here.
+        """
+        ok = all(len(s.shape) >= 1 for s in self.signature.inputs) and all(
+            len(s.shape) >= 1 for s in self.signature.outputs
+        )
+        if ok:
+            try:
+                for b in buckets:
+                    out = self._invoke_at(b, self._warmup_batch(b, samples))
+                    if any(v.shape[:1] != (b,) for v in out.values()):
+                        ok = False
+                        break
+            except (ValueError, RuntimeError) as e:
+                log.info("resize to other batch sizes failed: %s", e)
+                ok = False
+        if ok:
+            self._buckets = sorted(buckets)
+            return True
+        # Go back to the shapes in the file and serve one chunk per invoke.
+        self._buckets = []
+        self._invoke_at(self._chunk, self._warmup_batch(self._chunk, samples))
+        return False
+
+    def _warmup_batch(self, rows: int, samples: Mapping[str, Array] | None) -> dict[str, Array]:
+        out = {}
+        for s in self.signature.inputs:
+            if samples is not None and s.name in samples:
+                src = samples[s.name]
+                reps = -(-rows // len(src))
+                out[s.name] = np.concatenate([src] * reps)[:rows].astype(s.dtype)
+            else:
+                out[s.name] = np.zeros((rows, *self._row_shape(s)), dtype=s.dtype)
+        return out
+
+    def _row_shape(self, spec: TensorSpec) -> tuple[int, ...]:
+        # Variable inner dims have no size to warm up with; 1 is the smallest valid one.
+        return tuple(d if d > 0 else 1 for d in spec.shape[1:])
+
+    # -- running ---------------------------------------------------------------------
+
+    def _resize(self, shapes: tuple[tuple[int, ...], ...]) -> None:
+        if self._current == shapes:
+            return
+        self._current = None  # unknown until allocation succeeds
+        for s, shape in zip(self.signature.inputs, shapes, strict=True):
+            self._interp.resize_tensor_input(s.index, list(shape))
+        self._interp.allocate_tensors()
+        self._current = shapes
+
+    def _invoke_at(self, rows: int, inputs: Mapping[str, Array]) -> dict[str, Array]:
+        self._resize(tuple(inputs[s.name].shape for s in self.signature.inputs))
+        for s in self.signature.inputs:
+            self._interp.set_tensor(s.index, inputs[s.name])
+        self._interp.invoke()
+        return {s.name: self._interp.get_tensor(s.index) for s in self.signature.outputs}
+
+    def _padded(self, name: str, arr: Array, rows: int) -> Array:
+        """``arr`` padded with zeros to ``rows`` rows, in a buffer reused across calls."""
+        key = (name, rows)
+        buf = self._pad_buffers.get(key)
+        if buf is None or buf.shape[1:] != arr.shape[1:] or buf.dtype != arr.dtype:
+            buf = np.zeros((rows, *arr.shape[1:]), dtype=arr.dtype)
+            self._pad_buffers[key] = buf
+        n = len(arr)
+        buf[:n] = arr
+        buf[n:] = 0
+        return buf
+
+    def run(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
+        """Run a batch of any row count; the caller has validated shapes and dtypes."""
+        rows = len(next(iter(inputs.values())))
+        try:
+            if self._buckets and rows <= self._buckets[-1]:
+                bucket = self._buckets[bisect.bisect_left(self._buckets, rows)]
+                return self._run_chunk(inputs, 0, rows, bucket)
+            # Not batchable (or over the largest bucket): one invoke per chunk of rows.
+            step = self._buckets[-1] if self._buckets else self._chunk
+            parts = [
+                self._run_chunk(inputs, start, min(start + step, rows), step)
+                for start in range(0, rows, step)
+            ]
+        except (ValueError, RuntimeError) as e:
+            raise InferenceFailed(f"interpreter failed: {e}") from e
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def _run_chunk(
+        self, inputs: Mapping[str, Array], start: int, stop: int, size: int
+    ) -> dict[str, Array]:
+        n = stop - start
+        feed = {
+            k: v[start:stop] if n == size else self._padded(k, v[start:stop], size)
+            for k, v in inputs.items()
+        }
+        out = self._invoke_at(size, feed)
+        return out if n == size else {k: v[:n] for k, v in out.items()}

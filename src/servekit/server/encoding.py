@@ -1,0 +1,54 @@
+"""Fast JSON in and out (orjson), shared by every protocol adapter."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from servekit.errors import BadInput
+from servekit.tensors import Array, excerpt
+
+_OPTS = orjson.OPT_SERIALIZE_NUMPY
+
+
+def to_jsonable(arr: Array) -> Array | list[Any]:
+    """An array orjson can write as-is (it has no float16 or object support)."""
+    if arr.dtype == np.float16:
+        return arr.astype(np.float32)
+    if arr.dtype.kind in ("O", "S", "U"):
+        return [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in arr.tolist()]
+    if not arr.flags.c_contiguous:
+        return np.ascontiguousarray(arr)
+    return arr
+
+
+def dumps(content: Any) -> bytes:
+    return orjson.dumps(content, option=_OPTS)
+
+
+def json_response(
+    content: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(
+        dumps(content), status_code=status, headers=headers, media_type="application/json"
+    )
+
+
+def parse_json(body: bytes) -> Any:
+    if not body:
+        raise BadInput("empty request body; expected a JSON object")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise BadInput(f"malformed JSON: {e}") from None
+
+
+async def read_json_object(request: Request) -> dict[str, Any]:
+    data = parse_json(await request.body())
+    if not isinstance(data, dict):
+        raise BadInput(f"expected a JSON object, got {type(data).__name__}: {excerpt(data)}")
+    return data

@@ -1,0 +1,88 @@
+"""The one table from servekit errors to HTTP statuses, and the handlers that use it.
+
+Every error leaves as ``{"error": "<message>"}``; unknown exceptions become a 500
+that names the exception type without a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from servekit.errors import (
+    BadInput,
+    DeadlineExceeded,
+    Forbidden,
+    NotFound,
+    NotReady,
+    Overloaded,
+    PayloadTooLarge,
+    ServekitError,
+    Unauthorized,
+)
+from servekit.server.encoding import json_response
+
+log = logging.getLogger(__name__)
+
+HTTP_STATUS: dict[type[ServekitError], int] = {
+    PayloadTooLarge: 413,
+    BadInput: 400,
+    Unauthorized: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    NotReady: 503,
+    Overloaded: 503,
+    DeadlineExceeded: 504,
+}
+
+
+def status_for(exc: ServekitError) -> int:
+    """The status of the closest class in the exception's MRO; unmapped → 500."""
+    return next((HTTP_STATUS[k] for k in type(exc).__mro__ if k in HTTP_STATUS), 500)
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return json_response({"error": message}, status=status, headers=headers)
+
+
+async def _servekit_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ServekitError)
+    status = status_for(exc)
+    headers = {}
+    if isinstance(exc, Overloaded | NotReady):
+        headers["Retry-After"] = str(getattr(exc, "retry_after_s", 1))
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    if status >= 500:
+        log.warning("%s %s -> %d: %s", request.method, request.url.path, status, exc)
+    return error_response(status, str(exc) or type(exc).__name__, headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        parts.append(f"{where or 'body'}: {err.get('msg', 'invalid')}")
+    return error_response(400, "; ".join(parts))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(500, f"internal error ({type(exc).__name__}); see the server log")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(ServekitError, _servekit_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

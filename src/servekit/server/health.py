@@ -1,0 +1,31 @@
+"""Liveness and readiness (the V2 protocol's health endpoints, used by probes)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from servekit.repository import ModelRegistry
+from servekit.server.encoding import json_response
+from servekit.server.schemas import LiveResponse, ReadyResponse
+
+
+def build_router() -> APIRouter:
+    router = APIRouter(tags=["Health"])
+
+    @router.get("/v2/health/live", response_model=LiveResponse, summary="Server is live")
+    async def live() -> Response:
+        return json_response({"live": True})
+
+    @router.get(
+        "/v2/health/ready",
+        response_model=ReadyResponse,
+        responses={503: {"model": ReadyResponse, "description": "Some model is not ready"}},
+        summary="Every model due to load is ready",
+    )
+    async def ready(request: Request) -> Response:
+        registry: ModelRegistry = request.app.state.registry
+        ok = registry.ready() and not request.app.state.draining
+        return json_response({"ready": ok}, status=200 if ok else 503)
+
+    return router
