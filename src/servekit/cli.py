@@ -22,7 +22,6 @@ from servekit.errors import ServekitError
 
 app = typer.Typer(
     name="servekit",
-    help="Serve TFLite models as fast, batched, observable HTTP services.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -49,7 +48,7 @@ def _root(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
 ) -> None:
-    """servekit: a model-serving platform for TFLite models.
+    """Serve TFLite models as fast, batched, observable HTTP services.
 
     Examples:
 
@@ -199,7 +198,20 @@ def inspect(
 
 
 def main() -> None:
+    # Typer bundles its own click; TyperException is the public base of its errors.
     try:
-        app()
-    except KeyboardInterrupt:
+        code = app(standalone_mode=False)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
         sys.exit(130)
+    except typer.TyperException as e:
+        ctx = getattr(e, "ctx", None)
+        if type(e).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            console.print(ctx.get_help(), highlight=False)
+            sys.exit(0)
+        # Usage errors: one line, not a box.
+        message = e.format_message() if hasattr(e, "format_message") else str(e)
+        err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)

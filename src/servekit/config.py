@@ -67,7 +67,7 @@ class ModelConfig(BaseModel):
             chosen = list(self.batch_buckets)
         else:
             chosen = [b for b in DEFAULT_BUCKETS if b < self.max_batch_size]
-        if chosen[-1] != self.max_batch_size:
+        if not chosen or chosen[-1] != self.max_batch_size:
             chosen.append(self.max_batch_size)
         return chosen
 
