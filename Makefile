@@ -8,30 +8,37 @@ PORT ?= 8000
 
 .PHONY: serve test lint typecheck unit clean models
 
+# Serving needs only the package; the tests also need the dev tools and TensorFlow
+# (servekit optimize is tested end to end).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e .
 	touch $@
 
-venv: $(VENV)/.installed
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e '.[dev,optimize]'
+	touch $@
+
+venv: $(VENV)/.installed-dev
 
 serve: $(VENV)/.installed
 	$(BIN)/servekit serve --host $(HOST) --port $(PORT)
 
-lint: $(VENV)/.installed
-	$(BIN)/ruff check src tests scripts
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check src tests scripts benchmarks
+	$(BIN)/ruff format --check src tests scripts benchmarks
 
-typecheck: $(VENV)/.installed
+typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
-unit: $(VENV)/.installed
+unit: $(VENV)/.installed-dev
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 test: lint typecheck unit
 
 # Rebuild the committed test and demo models (needs TensorFlow: pip install '.[optimize]').
-models: $(VENV)/.installed
+models: $(VENV)/.installed-dev
 	$(BIN)/python scripts/make_models.py
 
 clean:

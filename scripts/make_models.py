@@ -27,6 +27,13 @@ Written files (paths relative to the repository root)::
                                               pixels i8[-1,64] -> probabilities i8[-1,10]
     tests/models/repo/nosig/1/model.tflite    dense digits model WITHOUT signature defs
                                               (tensors ``pixels`` -> ``Identity``)
+    tests/models/slow/slow/1/model.tflite     x f32[-1,64] -> y f32[-1,64]: a WHILE loop of
+                                              SLOW_STEPS small matmuls, so one invoke takes
+                                              milliseconds (overload/deadline tests) while
+                                              the file stays a few KB
+    tests/models/repo/lookup/1/model.tflite   index i32[-1,1] -> row f32[-1,4] (GATHER from a
+                                              10x4 table); an index outside 0..9 makes
+                                              invoke() itself fail: a real runtime fault
 
 Exporting: every model is a ``tf.function`` with named ``tf.TensorSpec`` inputs that returns a
 dict of named outputs, converted with ``TFLiteConverter.from_concrete_functions([fn], module)``.
@@ -179,13 +186,18 @@ def spec(shape: list[int | None], dtype: tf.DType, name: str) -> tf.TensorSpec:
 
 
 def convert(
-    fn: tf.types.experimental.GenericFunction,
+    serve: Callable[..., dict[str, tf.Tensor]],
+    input_signature: list[tf.TensorSpec],
     *,
     with_signature: bool = True,
     configure: Callable[[tf.lite.TFLiteConverter], None] | None = None,
 ) -> bytes:
-    """Convert a ``tf.function`` (with an input_signature) to a TFLite flatbuffer."""
-    concrete = fn.get_concrete_function()
+    """Trace ``serve`` as a ``tf.function`` with ``input_signature`` and convert it to TFLite.
+
+    The TensorSpec names become the signature's input names and the keys of the returned
+    dict its output names.
+    """
+    concrete = tf.function(serve, input_signature=input_signature).get_concrete_function()
     if with_signature:
         # An empty module: the weights are constants, so nothing has to be tracked, but
         # passing a trackable object is what makes the converter emit serving_default.
@@ -200,47 +212,71 @@ def convert(
 def export_dense(w: Weights) -> bytes:
     forward = dense_forward(w)
 
-    @tf.function(input_signature=[spec([None, 64], tf.float32, "pixels")])
     def serve(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
         return {"probabilities": forward(pixels)}
 
-    return convert(serve)
+    return convert(serve, [spec([None, 64], tf.float32, "pixels")])
 
 
 def export_nosig(w: Weights) -> bytes:
     forward = dense_forward(w)
 
-    @tf.function(input_signature=[spec([None, 64], tf.float32, "pixels")])
     def serve(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
         return {"probabilities": forward(pixels)}
 
-    return convert(serve, with_signature=False)
+    return convert(serve, [spec([None, 64], tf.float32, "pixels")], with_signature=False)
+
+
+SLOW_STEPS = 24000
+
+
+def export_slow() -> bytes:
+    """Few weights, much compute: x <- tanh(x @ W) repeated SLOW_STEPS times."""
+    rng = np.random.default_rng(SEED)
+    w = tf.constant((rng.standard_normal((64, 64)) / 8).astype(np.float32))
+
+    def serve(x: tf.Tensor) -> dict[str, tf.Tensor]:
+        _, y = tf.while_loop(
+            lambda i, _: i < SLOW_STEPS, lambda i, v: (i + 1, tf.tanh(v @ w)), (0, x)
+        )
+        return {"y": y}
+
+    return convert(serve, [spec([None, 64], tf.float32, "x")])
+
+
+def export_lookup() -> bytes:
+    """A model whose invoke raises on some inputs: GATHER checks its indices at run time."""
+    table = tf.constant(np.arange(40, dtype=np.float32).reshape(10, 4))
+
+    def serve(index: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"row": tf.gather(table, index[:, 0])}
+
+    return convert(serve, [spec([None, 1], tf.int32, "index")])
 
 
 def export_cnn(w: Weights) -> bytes:
     forward = cnn_forward(w)
 
-    @tf.function(input_signature=[spec([None, 8, 8, 1], tf.float32, "image")])
     def serve(image: tf.Tensor) -> dict[str, tf.Tensor]:
         return {"probabilities": forward(image)}
 
-    return convert(serve)
+    return convert(serve, [spec([None, 8, 8, 1], tf.float32, "image")])
 
 
 def export_multi(w: Weights) -> bytes:
     kernel, bias_vec = (tf.constant(a) for a in w)
 
-    @tf.function(
-        input_signature=[
-            spec([None, 64], tf.float32, "features"),
-            spec([None, 10], tf.int32, "bias"),
-        ]
-    )
     def serve(features: tf.Tensor, bias: tf.Tensor) -> dict[str, tf.Tensor]:
         logits = tf.matmul(features, kernel) + bias_vec + tf.cast(bias, tf.float32)
         return {"logits": logits, "label": tf.argmax(logits, axis=1, output_type=tf.int64)}
 
-    return convert(serve)
+    return convert(
+        serve,
+        [
+            spec([None, 64], tf.float32, "features"),
+            spec([None, 10], tf.int32, "bias"),
+        ],
+    )
 
 
 def export_fixed(w: Weights) -> bytes:
@@ -255,19 +291,17 @@ def export_fixed(w: Weights) -> bytes:
     w1_transposed = w1.reshape(8, 8, 64).transpose(1, 0, 2).reshape(64, 64)
     forward = dense_forward([w1_transposed, b1, w2, b2])
 
-    @tf.function(input_signature=[spec([1, 64], tf.float32, "pixels")])
     def serve(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
         image = tf.reshape(pixels, [1, 8, 8])
         flat = tf.reshape(tf.transpose(image, [0, 2, 1]), [1, 64])
         return {"probabilities": forward(flat)}
 
-    return convert(serve)
+    return convert(serve, [spec([1, 64], tf.float32, "pixels")])
 
 
 def export_int8(w: Weights, calibration: F32) -> bytes:
     forward = dense_forward(w)
 
-    @tf.function(input_signature=[spec([None, 64], tf.float32, "pixels")])
     def serve(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
         return {"probabilities": forward(pixels)}
 
@@ -282,7 +316,7 @@ def export_int8(w: Weights, calibration: F32) -> bytes:
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
 
-    return convert(serve, configure=configure)
+    return convert(serve, [spec([None, 64], tf.float32, "pixels")], configure=configure)
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,7 +341,7 @@ def rel(path: Path) -> str:
 
 
 def quantize(x: F32, scale: float, zero_point: int) -> npt.NDArray[np.int8]:
-    q = np.round(x / scale) + zero_point
+    q: F32 = np.round(x / scale) + zero_point
     return np.clip(q, -128, 127).astype(np.int8)
 
 
@@ -435,6 +469,8 @@ def main() -> None:
     write_bytes(REPO_DIR / "fixed" / "1" / "model.tflite", export_fixed(dense_w))
     write_bytes(REPO_DIR / "digits_int8" / "1" / "model.tflite", export_int8(dense_w, data.x_train))
     write_bytes(REPO_DIR / "nosig" / "1" / "model.tflite", export_nosig(dense_w))
+    write_bytes(REPO_DIR / "lookup" / "1" / "model.tflite", export_lookup())
+    write_bytes(REPO_DIR.parent / "slow" / "slow" / "1" / "model.tflite", export_slow())
 
     # Demo data files.
     init = DEMO_DIR / "__init__.py"

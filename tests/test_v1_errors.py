@@ -45,8 +45,8 @@ CASES = [
         "bad-version",
         "/v1/models/digits/versions/x:predict",
         {"instances": [ROW]},
-        400,
-        ["version must be a positive integer"],
+        404,
+        ["no version 'x'"],
     ),
     (
         "missing-input",

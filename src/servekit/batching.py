@@ -19,8 +19,9 @@ import contextlib
 import heapq
 import itertools
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -75,6 +76,8 @@ class Batcher:
         self._idle.set()
         self._loop_task: asyncio.Task[None] | None = None
         self._closing = False
+        metrics.declare()
+        metrics.set_queue_capacity(max_queue_size)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -103,6 +106,7 @@ class Batcher:
                 await self._loop_task
         while self._heap:
             p = heapq.heappop(self._heap)
+            self._dequeued(p)
             if not p.future.done():
                 p.future.set_exception(ShuttingDown("model is unloading"))
         if self._inflight:
@@ -119,6 +123,21 @@ class Batcher:
         priority: int = 0,
     ) -> Outputs:
         """Queue one validated request and wait for its rows of the batch output."""
+        return await self.submit(inputs, rows, timeout_s=timeout_s, priority=priority)
+
+    def submit(
+        self,
+        inputs: Mapping[str, Array],
+        rows: int,
+        *,
+        timeout_s: float | None = None,
+        priority: int = 0,
+    ) -> Coroutine[Any, Any, Outputs]:
+        """Queue one validated request now; await the result to get its rows.
+
+        Synchronous up to the queueing, so a caller that picked this model and calls
+        ``submit`` in the same step cannot lose the request to an unload in between.
+        """
         if self._closing:
             raise ShuttingDown("model is unloading; no new requests")
         if len(self._heap) >= self._max_queue:
@@ -134,14 +153,18 @@ class Batcher:
         self._metrics.queued(1)
         self._has_work.set()
         self._idle.clear()
+        return self._result(fut, now, timeout)
+
+    async def _result(self, fut: asyncio.Future[Outputs], start: float, timeout: float) -> Outputs:
         try:
             # The deadline covers queue and compute; a request still queued when it
             # passes is cancelled here and skipped when its batch forms.
-            out = await asyncio.wait_for(fut, timeout)
+            out = await asyncio.wait_for(fut, start + timeout - time.monotonic())
         except TimeoutError:
             self._metrics.failure("timeout")
             raise DeadlineExceeded(f"deadline of {timeout * 1000:.0f} ms passed") from None
         except asyncio.CancelledError:
+            fut.cancel()  # also when the coroutine was never started
             self._metrics.failure("cancelled")
             raise
         except DeadlineExceeded:
@@ -150,7 +173,7 @@ class Batcher:
         except ServekitError:
             self._metrics.failure("error")
             raise
-        self._metrics.success()
+        self._metrics.success(time.monotonic() - start)
         return out
 
     # -- the batching loop -----------------------------------------------------------

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import ssl
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,14 +18,17 @@ from rich.console import Console
 from rich.table import Table
 
 from servekit import __version__
-from servekit.config import load_settings
+from servekit.config import ServerSettings, load_settings
 from servekit.errors import ServekitError
+from servekit.optimize.command import optimize as optimize_command
 
 app = typer.Typer(
     name="servekit",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Help texts contain literal [brackets] (defaults, extras): no rich markup.
+    rich_markup_mode=None,
 )
 console = Console()
 err_console = Console(stderr=True)
@@ -74,6 +78,23 @@ def _settings_to_env(settings_json: dict[str, Any]) -> None:
 APP_FACTORY = "servekit.server.app:create_app_from_env"
 
 
+def _tls_options(settings: ServerSettings) -> dict[str, Any]:
+    """uvicorn's TLS options: HTTPS when a certificate is set; client certificates
+    verified against ssl_ca_certs (required with ssl_require_client_cert: mutual TLS)."""
+    if settings.ssl_certfile is None:
+        return {}
+    opts: dict[str, Any] = {
+        "ssl_certfile": str(settings.ssl_certfile),
+        "ssl_keyfile": str(settings.ssl_keyfile),
+    }
+    if settings.ssl_ca_certs is not None:
+        opts["ssl_ca_certs"] = str(settings.ssl_ca_certs)
+        opts["ssl_cert_reqs"] = (
+            ssl.CERT_REQUIRED if settings.ssl_require_client_cert else ssl.CERT_OPTIONAL
+        )
+    return opts
+
+
 class _DrainingServer(uvicorn.Server):
     """uvicorn re-raises SIGTERM after a graceful shutdown, so the process dies of the
     signal (exit -15). A drained shutdown is a success for servekit: exit 0."""
@@ -106,6 +127,20 @@ def serve(
         int, typer.Option(min=1, help="Server processes (each loads every model).")
     ] = 1,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error.")] = None,
+    model_control_mode: Annotated[
+        str | None,
+        typer.Option(
+            help="none (load all, no changes), poll (rescan the repository) or explicit "
+            "(only the management API loads) [default: none]."
+        ),
+    ] = None,
+    poll_interval: Annotated[
+        float | None, typer.Option(help="Seconds between repository scans in poll mode.")
+    ] = None,
+    load_model: Annotated[
+        list[str] | None,
+        typer.Option("--load-model", help="In explicit mode: a model to load at start (repeat)."),
+    ] = None,
 ) -> None:
     """Serve a model (or the bundled demo) over HTTP.
 
@@ -119,10 +154,19 @@ def serve(
       servekit serve model.tflite --port 9000
 
       SERVEKIT_DEFAULT_MODEL_CONFIG='{"max_batch_size": 64}' servekit serve ./models
+
+      SERVEKIT_ADMIN_TOKEN=secret servekit serve ./models --model-control-mode poll
     """
     try:
         settings = load_settings(
-            config, model_path=model_path, host=host, port=port, log_level=log_level
+            config,
+            model_path=model_path,
+            host=host,
+            port=port,
+            log_level=log_level,
+            model_control_mode=model_control_mode,
+            poll_interval_s=poll_interval,
+            load_models=load_model or None,
         )
         if settings.model_path is not None:
             from servekit.repository import scan
@@ -130,7 +174,14 @@ def serve(
             scan(settings.model_path)  # fail here, in one line, on a bad path
     except ServekitError as e:
         fail(str(e))
-    _settings_to_env(settings.model_dump(mode="json", exclude_defaults=True))
+    env = settings.model_dump(
+        mode="json", exclude_defaults=True, exclude={"admin_token", "api_keys"}
+    )
+    if settings.admin_token is not None:  # model_dump masks secrets
+        env["admin_token"] = settings.admin_token.get_secret_value()
+    if settings.api_keys:
+        env["api_keys"] = [k.get_secret_value() for k in settings.api_keys]
+    _settings_to_env(env)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -141,10 +192,17 @@ def serve(
         "port": settings.port,
         "log_level": settings.log_level,
         "timeout_graceful_shutdown": int(settings.drain_timeout_s) or None,
-        "access_log": False,
+        "access_log": settings.access_log,
+        **_tls_options(settings),
     }
     if workers > 1:
-        uvicorn.run(APP_FACTORY, workers=workers, **config_kwargs)
+        from servekit.server.monitoring import multiprocess_metrics, serve_metrics_port
+
+        # Set before the workers start: each records into files there, /metrics sums them.
+        with multiprocess_metrics():
+            if settings.metrics_port is not None:  # the parent serves the sum of all workers
+                serve_metrics_port(settings.host, settings.metrics_port, None)
+            uvicorn.run(APP_FACTORY, workers=workers, **config_kwargs)
     else:
         server = _DrainingServer(uvicorn.Config(APP_FACTORY, **config_kwargs))
         server.run()
@@ -195,6 +253,9 @@ def inspect(
             )
             table.add_row(kind, s.name, s.datatype, str(list(s.shape)), q)
     console.print(table)
+
+
+app.command()(optimize_command)
 
 
 def main() -> None:

@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any, Literal, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from servekit.errors import BadInput
@@ -37,6 +44,9 @@ class ModelConfig(BaseModel):
     )
     timeout_ms: float = Field(
         30_000, gt=0, description="Deadline of a request, counted from its arrival."
+    )
+    allow_nonfinite: bool = Field(
+        False, description="Accept NaN and ±Inf in float inputs (refused with 400 by default)."
     )
     version_policy: Literal["latest", "all", "specific"] = "latest"
     latest_versions: int = Field(1, ge=1)
@@ -99,6 +109,51 @@ class ServerSettings(BaseSettings):
         0.001, gt=0, description="sys.setswitchinterval: how soon workers get the GIL back."
     )
     drain_timeout_s: float = Field(30.0, ge=0, description="Time to finish work at shutdown.")
+    access_log: bool = Field(False, description="Log every HTTP request (uvicorn access log).")
+    api_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="Keys accepted for inference and metadata (Authorization: Bearer <key> "
+        "or X-API-Key); empty: no key needed.",
+    )
+    max_inflight_requests: int = Field(
+        0, ge=0, description="Model requests in flight at most (503 past it); 0: no limit."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins allowed by CORS; empty: CORS off."
+    )
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="Serve /metrics on this port only (not the API's)."
+    )
+    ssl_certfile: Path | None = Field(None, description="Serve HTTPS with this certificate.")
+    ssl_keyfile: Path | None = Field(None, description="The certificate's private key.")
+    ssl_ca_certs: Path | None = Field(
+        None, description="CA bundle to verify client certificates with (mutual TLS)."
+    )
+    ssl_require_client_cert: bool = Field(
+        False, description="Refuse clients without a certificate signed by ssl_ca_certs."
+    )
+    model_control_mode: Literal["none", "poll", "explicit"] = Field(
+        "none",
+        description="none: load everything at start, no changes; poll: rescan the repository "
+        "every poll_interval_s; explicit: only the management API loads and unloads.",
+    )
+    poll_interval_s: float = Field(5.0, gt=0, description="Repository rescan period (poll mode).")
+    load_models: list[str] = Field(
+        default_factory=list, description="Models to load at start in explicit mode."
+    )
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token of the management API; unset disables the API."
+    )
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Self:
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile go together")
+        if self.ssl_require_client_cert and (self.ssl_ca_certs is None or not self.ssl_certfile):
+            raise ValueError(
+                "ssl_require_client_cert needs ssl_certfile, ssl_keyfile and ssl_ca_certs"
+            )
+        return self
 
 
 def _one_line(e: ValidationError) -> str:

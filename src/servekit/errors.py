@@ -12,6 +12,7 @@ table at the edge (``servekit.server.errors``). The tree:
     ├── DeadlineExceeded    the request's deadline passed before compute
     ├── Unauthorized        missing or wrong credentials
     ├── Forbidden           the operation is disabled
+    ├── ClientDisconnected  the client left before its result was ready
     └── InferenceFailed     the model raised while running a batch
 """
 
@@ -60,6 +61,10 @@ class Forbidden(ServekitError):
 
 class InferenceFailed(ServekitError):
     """The interpreter raised while running a batch."""
+
+
+class ClientDisconnected(ServekitError):
+    """The client went away before its result was ready; the request was dropped."""
 
 
 class ShuttingDown(NotReady):

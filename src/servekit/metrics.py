@@ -7,6 +7,14 @@ prometheus-fastapi-instrumentator in the server.
 
 Average batch size is a PromQL division:
 ``rate(servekit_inferences_total[5m]) / rate(servekit_executions_total[5m])``.
+
+Several server processes (``servekit serve --workers N``) run in prometheus_client's
+multiprocess mode: each process writes its values to files in
+``PROMETHEUS_MULTIPROC_DIR`` and ``/metrics`` adds them up (counters and histograms
+summed over every process that ever ran; gauges as said by their ``multiprocess_mode``:
+``livesum`` is the sum over the processes alive now). So ``servekit_instances``,
+``servekit_queue_capacity`` and ``servekit_model_state`` count over processes: with two
+workers a ready model has ``servekit_model_state{state="READY"} == 2``.
 """
 
 from __future__ import annotations
@@ -55,6 +63,14 @@ class Metrics:
         self.executions = Counter(
             "servekit_executions", "Batches executed (interpreter runs).", mv, registry=r
         )
+        self.request_seconds = Histogram(
+            "servekit_request_duration_seconds",
+            "Time from queueing a request to its result (queue, compute, slicing), "
+            "for successful requests.",
+            mv,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.queue_seconds = Histogram(
             "servekit_queue_duration_seconds",
             "Time a request waited in the queue before its batch started.",
@@ -83,6 +99,13 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.queue_capacity = Gauge(
+            "servekit_queue_capacity",
+            "Requests the queue holds (max_queue_size) before refusing more with 503.",
+            mv,
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.busy_instances = Gauge(
             "servekit_busy_instances",
             "Interpreter instances running a batch now.",
@@ -99,10 +122,11 @@ class Metrics:
         )
         self.model_state = Gauge(
             "servekit_model_state",
-            "1 for the state each model version is in.",
+            "1 for the state each model version is in (with several server processes: "
+            "how many processes have it in that state).",
             (*mv, "state"),
             registry=r,
-            multiprocess_mode="livemax",
+            multiprocess_mode="livesum",
         )
         self.load_seconds = Histogram(
             "servekit_model_load_duration_seconds",
@@ -127,8 +151,33 @@ class ModelMetrics:
     model: str
     version: str
 
-    def success(self, n: int = 1) -> None:
-        self.m.requests.labels(self.model, self.version, "success", "").inc(n)
+    def declare(self) -> None:
+        """Create every series of a model version that serves, at zero.
+
+        A series born at its first increment hides that increment from ``rate()``, and
+        dashboards would show no line for a reason that has not happened yet.
+        """
+        labels = (self.model, self.version)
+        self.m.requests.labels(*labels, "success", "")
+        for reason in REASONS:
+            self.m.requests.labels(*labels, "failure", reason)
+        for metric in (
+            self.m.inferences,
+            self.m.executions,
+            self.m.request_seconds,
+            self.m.queue_seconds,
+            self.m.compute_seconds,
+            self.m.batch_size,
+            self.m.pending,
+            self.m.busy_instances,
+        ):
+            metric.labels(*labels)
+
+    def success(self, seconds: float | None = None) -> None:
+        """One request answered; ``seconds`` since it was queued, if known."""
+        self.m.requests.labels(self.model, self.version, "success", "").inc()
+        if seconds is not None:
+            self.m.request_seconds.labels(self.model, self.version).observe(seconds)
 
     def failure(self, reason: str) -> None:
         self.m.requests.labels(self.model, self.version, "failure", reason).inc()
@@ -151,10 +200,17 @@ class ModelMetrics:
     def busy(self, delta: int) -> None:
         self.m.busy_instances.labels(self.model, self.version).inc(delta)
 
+    def set_queue_capacity(self, n: int) -> None:
+        self.m.queue_capacity.labels(self.model, self.version).set(n)
+
     def set_instances(self, n: int) -> None:
         self.m.instances.labels(self.model, self.version).set(n)
 
     def state(self, state: str) -> None:
+        # Load failures and times exist at zero from the first state on, so that
+        # increase() sees a version's first failure.
+        self.m.load_failures.labels(self.model, self.version)
+        self.m.load_seconds.labels(self.model, self.version)
         for s in STATES:
             self.m.model_state.labels(self.model, self.version, s).set(1 if s == state else 0)
 

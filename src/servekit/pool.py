@@ -48,6 +48,8 @@ class Instance(threading.Thread):
         self._ready = ready
         self._metrics = metrics
         self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.dead_reason = ""  # set (by this thread) when the instance is beyond repair
+        self.replacements = 0
 
     def run(self) -> None:
         try:
@@ -59,18 +61,50 @@ class Instance(threading.Thread):
         while (job := self.jobs.get()) is not None:
             if not job.future.set_running_or_notify_cancel():
                 continue
+            # Busy while the interpreter runs, not while the batcher holds an idle instance.
+            self._metrics.busy(1)
             start = time.perf_counter()
+            result: Outputs | Exception
             try:
-                out = model.run(job.inputs)
+                result = model.run(job.inputs)
             except ServekitError as e:
-                job.future.set_exception(e)
+                result = e
             except Exception as e:  # a bug in the runtime must fail the batch, not the thread
                 log.exception("invoke failed")
-                job.future.set_exception(InferenceFailed(f"{type(e).__name__}: {e}"))
-            else:
-                job.future.set_result(out)
+                result = InferenceFailed(f"{type(e).__name__}: {e}")
             finally:
+                # Recorded before the caller hears back, so a scrape after the response
+                # already counts this batch.
                 self._metrics.compute(time.perf_counter() - start)
+                self._metrics.busy(-1)
+            if isinstance(result, Exception):
+                # Recover before answering, so that when the batcher releases this
+                # instance the pool already knows whether it is still usable.
+                recovered = self._recover(model)
+                job.future.set_exception(result)
+                if recovered is None:
+                    return  # dead: the pool stops handing it work
+                model = recovered
+            else:
+                job.future.set_result(result)
+
+    def _recover(self, model: TFLiteModel) -> TFLiteModel | None:
+        """After a failed batch: keep the interpreter if it still runs a warm-up row,
+        else build a fresh one; None if even that fails."""
+        try:
+            model.probe()
+            return model
+        except Exception as e:
+            log.warning("instance %s unusable after a failure (%s); replacing it", self.name, e)
+        try:
+            fresh = self._factory()
+            fresh.probe()
+        except Exception as e:
+            self.dead_reason = f"instance {self.name} failed and could not be replaced: {e}"
+            log.error("%s", self.dead_reason)
+            return None
+        self.replacements += 1
+        return fresh
 
 
 class InstancePool:
@@ -86,6 +120,9 @@ class InstancePool:
         self._workers: list[Instance] = []
         self._idle: asyncio.Queue[Instance] = asyncio.Queue()
         self.model: TFLiteModel | None = None  # one instance, read for its signature
+        self.alive = 0
+        # Called (on the event loop) with the reason when the last instance is lost.
+        self.on_all_dead: Callable[[str], None] | None = None
 
     @property
     def size(self) -> int:
@@ -107,18 +144,27 @@ class InstancePool:
             raise
         for w in self._workers:
             self._idle.put_nowait(w)
+        self.alive = self._size
         self._metrics.set_instances(self._size)
         self.model = models[0]
         return models[0]
 
     async def acquire(self) -> Instance:
-        w = await self._idle.get()
-        self._metrics.busy(1)
-        return w
+        return await self._idle.get()
 
     def release(self, worker: Instance) -> None:
-        self._metrics.busy(-1)
-        self._idle.put_nowait(worker)
+        if not worker.dead_reason:
+            self._idle.put_nowait(worker)
+            return
+        self.alive -= 1  # beyond repair: never handed work again
+        self._metrics.set_instances(self.alive)
+        if self.alive == 0 and self.on_all_dead is not None:
+            self.on_all_dead(worker.dead_reason)
+
+    @property
+    def replacements(self) -> int:
+        """Instances rebuilt after a failure left their interpreter unusable."""
+        return sum(w.replacements for w in self._workers)
 
     async def run(self, worker: Instance, inputs: Mapping[str, Array]) -> Outputs:
         job = _Job(inputs, concurrent.futures.Future())

@@ -8,19 +8,23 @@ A repository is a folder ``<repo>/<model>/<version>/model.tflite`` with an optio
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from pydantic import ValidationError
+
 from servekit.batching import Batcher
 from servekit.config import ModelConfig
-from servekit.errors import BadInput, NotFound, NotReady
+from servekit.errors import BadInput, Forbidden, NotFound, NotReady, ServekitError
 from servekit.metrics import Metrics
 from servekit.pool import InstancePool, Outputs
 from servekit.runtime import TFLiteModel, read_model_bytes, runtime_name
@@ -31,6 +35,7 @@ log = logging.getLogger(__name__)
 MODEL_FILE = "model.tflite"
 CONFIG_FILE = "config.yaml"
 SAMPLE_FILE = "sample_request.json"
+WARMUP_DIR = "warmup"
 # Model names: what can safely be a folder name and a URL segment.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -125,6 +130,11 @@ class ServedModel:
     signature_key: str | None = None
     _pool: InstancePool | None = None
     _batcher: Batcher | None = None
+    _closing: asyncio.Task[None] | None = None
+    source_mtime: float = -1.0
+
+    def __post_init__(self) -> None:
+        self.source_mtime = _mtime(self.source.path)
 
     @property
     def name(self) -> str:
@@ -141,11 +151,12 @@ class ServedModel:
         start = time.perf_counter()
         try:
             content = await asyncio.to_thread(read_model_bytes, self.source.path)
+            samples = await asyncio.to_thread(read_warmup_samples, self.source)
             buckets = self.config.buckets()
 
             def make_instance() -> TFLiteModel:
                 m = TFLiteModel(content, num_threads=self.config.threads_per_instance)
-                m.prepare(buckets)
+                m.prepare(buckets, samples)
                 return m
 
             pool = InstancePool(make_instance, self.config.instances, mm, f"{self.name}")
@@ -172,6 +183,7 @@ class ServedModel:
                 self.config.instances,
             )
         self._pool = pool
+        pool.on_all_dead = self._instances_lost
         self._batcher = Batcher(
             pool,
             mm,
@@ -203,13 +215,52 @@ class ServedModel:
         self._batcher = self._pool = None
         self._set_state("UNAVAILABLE", "unloaded")
 
+    def _instances_lost(self, reason: str) -> None:
+        """Every instance failed beyond repair: stop taking requests, fail what is queued."""
+        self._set_state("UNAVAILABLE", reason)
+        if self._batcher is not None:
+            self._closing = asyncio.get_running_loop().create_task(self._batcher.close())
+
     def _set_state(self, state: str, reason: str = "") -> None:
         self.state, self.reason = state, reason
         self.metrics.for_model(self.name, str(self.version)).state(state)
 
+    def refresh_metrics(self) -> None:
+        """Re-assert state and instance gauges (after a same-version swap reset them)."""
+        mm = self.metrics.for_model(self.name, str(self.version))
+        mm.state(self.state)
+        mm.set_instances(self._pool.size if self._pool else 0)
+
     @property
     def ready(self) -> bool:
         return self.state == "READY"
+
+    def submit(
+        self,
+        inputs: Mapping[str, Array],
+        *,
+        timeout_s: float | None = None,
+        priority: int = 0,
+    ) -> Coroutine[Any, Any, Outputs]:
+        """Validate one request and queue it now; await the result for its outputs."""
+        if self._batcher is None or not self.ready:
+            raise NotReady(f"model '{self.name}' version {self.version} is {self.state}")
+        try:
+            checked, rows = check_inputs(
+                inputs,
+                self.inputs,
+                batched=True,
+                max_batch_size=self.config.max_batch_size,
+                allow_nonfinite=self.config.allow_nonfinite,
+            )
+        except BadInput:
+            self.count_invalid()
+            raise
+        return self._batcher.submit(checked, rows, timeout_s=timeout_s, priority=priority)
+
+    def count_invalid(self) -> None:
+        """A request for this model that was refused as invalid (400)."""
+        self.metrics.for_model(self.name, str(self.version)).failure("invalid")
 
     async def infer(
         self,
@@ -219,16 +270,7 @@ class ServedModel:
         priority: int = 0,
     ) -> Outputs:
         """Validate one request, queue it, and return its outputs."""
-        if self._batcher is None or not self.ready:
-            raise NotReady(f"model '{self.name}' version {self.version} is {self.state}")
-        try:
-            checked, rows = check_inputs(
-                inputs, self.inputs, batched=True, max_batch_size=self.config.max_batch_size
-            )
-        except BadInput:
-            self.metrics.for_model(self.name, str(self.version)).failure("invalid")
-            raise
-        return await self._batcher.infer(checked, rows, timeout_s=timeout_s, priority=priority)
+        return await self.submit(inputs, timeout_s=timeout_s, priority=priority)
 
     @functools.cached_property
     def sample_request(self) -> dict[str, Any] | None:
@@ -261,6 +303,20 @@ class ServedModel:
         }
 
 
+def read_warmup_samples(source: ModelSource) -> dict[str, Array] | None:
+    """Sample inputs for warm-up: ``warmup/<input>.npy`` in the version or model folder."""
+    for folder in (source.path.parent / WARMUP_DIR, source.path.parent.parent / WARMUP_DIR):
+        if folder.is_dir():
+            samples = {}
+            for f in sorted(folder.glob("*.npy")):
+                try:
+                    samples[f.stem] = np.load(f, allow_pickle=False)
+                except (OSError, ValueError) as e:
+                    raise BadInput(f"cannot read warm-up sample {f.name}: {e}") from None
+            return samples or None
+    return None
+
+
 def _batch_dim(spec: TensorSpec) -> TensorSpec:
     if not spec.shape:
         return spec
@@ -268,34 +324,191 @@ def _batch_dim(spec: TensorSpec) -> TensorSpec:
 
 
 class ModelRegistry:
-    """Name → version → ServedModel. Requests without a version get the newest ready one."""
+    """Name → version → ServedModel, kept in line with the repository.
 
-    def __init__(self, metrics: Metrics, default_config: ModelConfig | None = None) -> None:
+    Requests without a version get the newest ready one. A new version is loaded and
+    warmed before it takes traffic; a version leaving is drained before its
+    interpreters are freed. Load, unload and poll run one at a time (``_lock``).
+    """
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        default_config: ModelConfig | None = None,
+        *,
+        drain_timeout_s: float = 30.0,
+    ) -> None:
         self.metrics = metrics
         self.default_config = default_config or ModelConfig()
+        self.drain_timeout_s = drain_timeout_s
+        self.root: Path | None = None  # the repository folder; None when serving one file
         self._models: dict[str, dict[int, ServedModel]] = {}
+        self._due: set[str] = set()  # models that must be ready for the server to be ready
+        self._pinned_unloaded: set[str] = set()  # unloaded through the API: poll leaves them
+        self._lock = asyncio.Lock()
 
-    def config_for(self, source: ModelSource) -> ModelConfig:
-        """The server's default model config, overridden by the model's config.yaml."""
-        if source.config_path is None:
-            return self.default_config
+    def config_for(
+        self, source: ModelSource, override: dict[str, Any] | None = None
+    ) -> ModelConfig:
+        """The server's default model config, then the model's config.yaml, then ``override``."""
         base = self.default_config.model_dump(exclude_unset=True)
-        return ModelConfig.from_yaml(source.config_path, base=base)
+        if source.config_path is None and not override:
+            return self.default_config
+        if source.config_path is not None:
+            base = ModelConfig.from_yaml(source.config_path, base=base).model_dump(
+                exclude_unset=True
+            )
+        base.update(override or {})
+        try:
+            return ModelConfig.model_validate(base)
+        except ValidationError as e:
+            raise BadInput(
+                f"invalid config for model '{source.name}': {e.errors()[0]['msg']}"
+            ) from None
 
-    async def load_path(self, path: Path) -> None:
-        """Load what a file or repository offers, by each model's version policy."""
-        by_model: dict[str, list[ModelSource]] = {}
-        for s in scan(path):
-            by_model.setdefault(s.name, []).append(s)
-        for versions in by_model.values():
-            config = self.config_for(versions[0])
-            for source in select_versions(versions, config):
-                served = ServedModel(source, config, self.metrics)
-                self._models.setdefault(source.name, {})[source.version] = served
-                try:
-                    await served.load()
-                except Exception:
-                    continue
+    # -- start -----------------------------------------------------------------------
+
+    async def start(self, path: Path, load_models: Sequence[str] = (), mode: str = "none") -> None:
+        """Load what is due at start: every model (none/poll) or ``load_models`` (explicit)."""
+        if path.is_file():  # noqa: ASYNC240 - one stat at start-up
+            (source,) = scan(path)
+            self._due.add(source.name)
+            await self._load_versions([source], self.config_for(source))
+            return
+        self.root = path
+        names = self.repository_names() if mode != "explicit" else list(load_models)
+        if mode != "explicit" and not names:
+            scan(path)  # raises the "no models" error
+        for name in names:
+            self._due.add(check_name(name))
+            with contextlib.suppress(ServekitError):  # reported in the index; others go on
+                await self.sync_model(name)
+
+    # -- repository ------------------------------------------------------------------
+
+    def repository_names(self) -> list[str]:
+        if self.root is None:
+            return sorted(self._models)
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and NAME_RE.match(p.name))
+
+    def model_dir(self, name: str) -> Path:
+        """The folder of a model, refusing names and symlinks that lead out of the repository."""
+        if self.root is None:
+            raise Forbidden("serving a single model file: there is no repository to load from")
+        check_name(name)
+        root = self.root.resolve()
+        folder = (root / name).resolve()
+        if not folder.is_relative_to(root) or folder == root:
+            raise BadInput(f"model '{name}' resolves outside the model repository")
+        if not folder.is_dir():
+            raise NotFound(
+                f"no model '{name}' in the repository; models: {self.repository_names()}"
+            )
+        return folder
+
+    def _sources(self, name: str) -> list[ModelSource]:
+        folder = self.model_dir(name)
+        root = self.root.resolve() if self.root else folder
+        sources = scan_model_dir(folder)
+        for src in sources:
+            if not src.path.resolve().is_relative_to(root):
+                raise BadInput(f"model '{name}' version {src.version} links outside the repository")
+        return sources
+
+    # -- load / unload ---------------------------------------------------------------
+
+    async def sync_model(self, name: str, override: dict[str, Any] | None = None) -> None:
+        """Bring one model's loaded versions in line with its folder and version policy.
+
+        New or changed versions are loaded and warmed first; only then are versions no
+        longer wanted drained and unloaded, so traffic always has a ready version.
+        """
+        async with self._lock:
+            self._pinned_unloaded.discard(name)
+            sources = self._sources(name)
+            if not sources:
+                raise NotFound(
+                    f"model '{name}' has no versions: expected {name}/<version>/{MODEL_FILE}"
+                )
+            config = self.config_for(sources[0], override)
+            await self._load_versions(
+                select_versions(sources, config), config, override is not None
+            )
+
+    async def _load_versions(
+        self, wanted: list[ModelSource], config: ModelConfig, force: bool = False
+    ) -> None:
+        name = wanted[0].name if wanted else ""
+        current = self._models.setdefault(name, {})
+        failures = []
+        for source in wanted:
+            old = current.get(source.version)
+            if old is not None and not force and old.source_mtime == _mtime(source.path):
+                continue  # unchanged: loaded, or failed and not worth retrying
+            served = ServedModel(source, config, self.metrics)
+            if old is None or not old.ready:
+                current[source.version] = served  # shows as LOADING in the index
+            try:
+                await served.load()
+            except Exception as e:
+                failures.append(f"version {source.version}: {e}")
+                if old is not None and old.ready:
+                    continue  # the version already serving stays in place
+                current[source.version] = served  # UNAVAILABLE, with the reason
+                continue
+            current[source.version] = served  # swap in: the old one is no longer reachable
+            if old is not None and old is not served and old.state != "UNAVAILABLE":
+                await old.unload(self.drain_timeout_s)
+                served.refresh_metrics()  # same labels: the old one's unload reset them
+        keep = {s.version for s in wanted}
+        # Versions leave only once every wanted version is ready: a failed new version
+        # leaves the one serving now in place.
+        if all(current[v].ready for v in keep if v in current):
+            for version in [v for v in current if v not in keep]:
+                leaving = current.pop(version)
+                if leaving.state != "UNAVAILABLE":
+                    await leaving.unload(self.drain_timeout_s)
+        if failures:
+            raise BadInput(f"model '{name}' failed to load: {'; '.join(failures)}")
+
+    async def unload_model(self, name: str) -> None:
+        """Drain and unload every version of a model."""
+        async with self._lock:
+            versions = self._models.pop(name, None)
+            if versions is None:
+                raise NotFound(f"model '{name}' is not loaded; loaded: {self.names()}")
+            self._pinned_unloaded.add(name)
+            self._due.discard(name)
+            for m in versions.values():
+                if m.state != "UNAVAILABLE":
+                    await m.unload(self.drain_timeout_s)
+
+    async def load_model(self, name: str, override: dict[str, Any] | None = None) -> None:
+        await self.sync_model(name, override)
+        self._due.add(name)
+
+    async def poll_once(self) -> None:
+        """One rescan: new and changed versions in, removed models and versions out."""
+        on_disk = set(self.repository_names())
+        for name in sorted(on_disk - self._pinned_unloaded):
+            try:
+                await self.sync_model(name)
+            except ServekitError as e:
+                log.warning("poll: %s", e)
+        for name in sorted(set(self._models) - on_disk):
+            with contextlib.suppress(NotFound):
+                await self.unload_model(name)
+            self._pinned_unloaded.discard(name)
+
+    async def poll_forever(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.poll_once()
+            except Exception:  # keep polling whatever one scan hit
+                log.exception("repository poll failed")
+
+    # -- queries ---------------------------------------------------------------------
 
     def get(self, name: str, version: int | str | None = None) -> ServedModel:
         versions = self._models.get(name)
@@ -312,25 +525,60 @@ class ModelRegistry:
             return ready[-1]
         try:
             v = int(version)
-        except ValueError:
-            raise BadInput(
-                f"version must be a positive integer, got {str(version)[:32]!r}"
+        except ValueError:  # versions are folder numbers: anything else names none
+            raise NotFound(
+                f"model '{name}' has no version {str(version)[:32]!r}; versions: {sorted(versions)}"
             ) from None
         if v not in versions:
             raise NotFound(f"model '{name}' has no version {v}; versions: {sorted(versions)}")
         return versions[v]
 
     def names(self) -> list[str]:
-        return sorted(self._models)
+        return sorted(n for n, vs in self._models.items() if vs)
 
     def all(self) -> list[ServedModel]:
         return [m for _, vs in sorted(self._models.items()) for _, m in sorted(vs.items())]
 
+    def index(self) -> list[dict[str, str]]:
+        """Every model version in the repository or loaded, with its state and reason."""
+        rows: dict[tuple[str, int], dict[str, str]] = {}
+        for name in self.repository_names():
+            try:
+                for src in self._sources(name):
+                    rows[(name, src.version)] = {
+                        "name": name,
+                        "version": str(src.version),
+                        "state": "UNAVAILABLE",
+                        "reason": "not loaded",
+                    }
+            except ServekitError as e:
+                rows[(name, 0)] = {
+                    "name": name,
+                    "version": "",
+                    "state": "UNAVAILABLE",
+                    "reason": str(e),
+                }
+        for m in self.all():
+            rows[(m.name, m.version)] = {
+                "name": m.name,
+                "version": str(m.version),
+                "state": m.state,
+                "reason": m.reason,
+            }
+        return [rows[k] for k in sorted(rows)]
+
     def ready(self) -> bool:
         """True when every model due to load has at least one ready version."""
-        return bool(self._models) and all(
-            any(m.ready for m in vs.values()) for vs in self._models.values()
+        return bool(self._due) and all(
+            any(m.ready for m in self._models.get(name, {}).values()) for name in self._due
         )
 
     async def close(self, drain_timeout_s: float) -> None:
         await asyncio.gather(*(m.unload(drain_timeout_s) for m in self.all() if m.ready))
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return -1.0

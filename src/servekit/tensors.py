@@ -181,6 +181,7 @@ def check_inputs(
     *,
     batched: bool,
     max_batch_size: int,
+    allow_nonfinite: bool = True,
 ) -> tuple[dict[str, Array], int]:
     """Validate a request against the model's input specs.
 
@@ -195,7 +196,9 @@ def check_inputs(
         if missing:
             parts.append(f"missing input(s) {missing}")
         if extra:
-            parts.append(f"unknown input(s) {[excerpt(e) for e in extra]}")
+            shown = ", ".join(excerpt(e) for e in extra[:5])
+            more = f" and {len(extra) - 5} more" if len(extra) > 5 else ""
+            parts.append(f"unknown input(s) [{shown}]{more}")
         raise BadInput(f"{'; '.join(parts)}; the model takes {sorted(want)}")
     out: dict[str, Array] = {}
     rows: int | None = None
@@ -205,6 +208,11 @@ def check_inputs(
         if arr.ndim == 0:
             raise BadInput(f"input '{spec.name}': expected shape {list(spec.shape)}, got a scalar")
         spec.check_shape(arr.shape)
+        if not allow_nonfinite and arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise BadInput(
+                f"input '{spec.name}' contains NaN or infinity; this model accepts finite "
+                f"values only (allow_nonfinite: false)"
+            )
         n = int(arr.shape[0])
         if rows is None:
             rows, first_name = n, spec.name

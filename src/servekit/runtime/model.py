@@ -102,6 +102,7 @@ class TFLiteModel:
         # The batch size the interpreter runs at when the model cannot be resized.
         self._chunk = self.signature.native_batch or 1
         self._pad_buffers: dict[tuple[str, int], Array] = {}
+        self._samples: Mapping[str, Array] | None = None
 
     @property
     def batchable(self) -> bool:
@@ -124,6 +125,8 @@ class TFLiteModel:
         Resizing to a new shape is expensive (tens to hundreds of ms on big models),
         switching between shapes already allocated is cheap, so it all happens here.
         """
+        if samples is not None:
+            self._check_samples(samples)
         ok = all(len(s.shape) >= 1 for s in self.signature.inputs) and all(
             len(s.shape) >= 1 for s in self.signature.outputs
         )
@@ -137,6 +140,7 @@ class TFLiteModel:
             except (ValueError, RuntimeError) as e:
                 log.info("resize to other batch sizes failed: %s", e)
                 ok = False
+        self._samples = samples
         if ok:
             self._buckets = sorted(buckets)
             return True
@@ -144,6 +148,29 @@ class TFLiteModel:
         self._buckets = []
         self._invoke_at(self._chunk, self._warmup_batch(self._chunk, samples))
         return False
+
+    def _check_samples(self, samples: Mapping[str, Array]) -> None:
+        for s in self.signature.inputs:
+            sample = samples.get(s.name)
+            if sample is None:
+                continue
+            if (
+                sample.ndim != len(s.shape)
+                or len(sample) == 0
+                or any(
+                    want not in (-1, got)
+                    for want, got in zip(s.shape[1:], sample.shape[1:], strict=True)
+                )
+            ):
+                raise BadInput(
+                    f"warm-up sample '{s.name}' has shape {list(sample.shape)}, the input "
+                    f"takes {list(s.shape)} (first dimension: rows)"
+                )
+
+    def probe(self) -> None:
+        """Run one warm-up row: raises if the interpreter is no longer usable."""
+        rows = self._buckets[0] if self._buckets else self._chunk
+        self.run(self._warmup_batch(rows, self._samples))
 
     def _warmup_batch(self, rows: int, samples: Mapping[str, Array] | None) -> dict[str, Array]:
         out = {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -11,21 +13,23 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
-from prometheus_fastapi_instrumentator import Instrumentator
 
 from servekit import __version__
 from servekit.config import ServerSettings
 from servekit.metrics import Metrics
 from servekit.repository import ModelRegistry
-from servekit.server import errors, examples, health, v1
+from servekit.server import admin, docs, errors, examples, health, monitoring, v1, v2
 from servekit.server.limits import BodySizeLimit
+from servekit.server.security import ModelAccess
 
 log = logging.getLogger(__name__)
 
 DESCRIPTION = """
 Serves TFLite models with dynamic batching. Speaks the **TensorFlow Serving REST API**
-(`/v1/...`) and the **Open Inference Protocol v2** health endpoints (`/v2/health/...`).
+(`/v1/...`) and the **Open Inference Protocol v2** (`/v2/...`, KServe / Triton: JSON and
+the binary tensor extension), with Triton's model-repository extension for management.
 
 Every error is `{"error": "..."}` naming what was wrong. A full queue answers 503 with
 `Retry-After`. Prometheus metrics at `/metrics`.
@@ -40,22 +44,45 @@ def demo_model_path() -> Path:
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
     settings = settings or ServerSettings()
     metrics = Metrics()
-    registry = ModelRegistry(metrics, settings.default_model_config)
+    registry = ModelRegistry(
+        metrics, settings.default_model_config, drain_timeout_s=settings.drain_timeout_s
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Worker threads wait for the GIL at most this long after invoke returns.
         sys.setswitchinterval(settings.switch_interval_s)
-        await registry.load_path(settings.model_path or demo_model_path())
+        metrics_server = None
+        if settings.metrics_port is not None and monitoring.multiprocess_dir() is None:
+            # One process: its own port. (With several workers the CLI's parent serves it.)
+            metrics_server = monitoring.serve_metrics_port(
+                settings.host, settings.metrics_port, metrics.registry
+            )
+        await registry.start(
+            settings.model_path or demo_model_path(),
+            load_models=settings.load_models,
+            mode=settings.model_control_mode,
+        )
+        poller = None
+        if settings.model_control_mode == "poll" and registry.root is not None:
+            poller = asyncio.create_task(registry.poll_forever(settings.poll_interval_s))
         yield
         app.state.draining = True
+        if poller is not None:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
         await registry.close(settings.drain_timeout_s)
+        if metrics_server is not None:
+            await asyncio.to_thread(metrics_server.shutdown)
 
     app = FastAPI(
         title="servekit",
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # docs.install serves /docs and /redoc from bundled assets
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.registry = registry
@@ -63,14 +90,32 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.state.draining = False
 
     errors.install(app)
+    docs.install(app)
     app.include_router(health.build_router())
     app.include_router(v1.build_router())
-    Instrumentator(
-        registry=metrics.registry,
-        excluded_handlers=["/metrics"],
-        should_group_status_codes=False,
-    ).instrument(app).expose(app, endpoint="/metrics", tags=["Monitoring"])
+    app.include_router(v2.build_router())
+    app.include_router(admin.build_router())
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        ModelAccess,
+        api_keys=[k.get_secret_value().encode() for k in settings.api_keys],
+        max_inflight=settings.max_inflight_requests,
+    )
+    if settings.cors_origins:  # off unless configured
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=[
+                "Authorization",
+                "X-API-Key",
+                "Content-Type",
+                "Inference-Header-Content-Length",
+            ],
+            expose_headers=["Inference-Header-Content-Length", "Retry-After"],
+        )
+    # HTTP metrics outermost, so they count the 413s of BodySizeLimit too.
+    monitoring.install(app, metrics, serve_route=settings.metrics_port is None)
 
     def openapi() -> dict[str, Any]:
         # Not cached: the examples follow the models loaded right now.

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from servekit.errors import BadInput
+from servekit.server.strictjson import loads_strict
 from servekit.tensors import Array, excerpt
 
 _OPTS = orjson.OPT_SERIALIZE_NUMPY
@@ -39,12 +40,7 @@ def json_response(
 
 
 def parse_json(body: bytes) -> Any:
-    if not body:
-        raise BadInput("empty request body; expected a JSON object")
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-        raise BadInput(f"malformed JSON: {e}") from None
+    return loads_strict(body)
 
 
 async def read_json_object(request: Request) -> dict[str, Any]:

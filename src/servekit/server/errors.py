@@ -15,6 +15,7 @@ from starlette.responses import Response
 
 from servekit.errors import (
     BadInput,
+    ClientDisconnected,
     DeadlineExceeded,
     Forbidden,
     NotFound,
@@ -37,6 +38,7 @@ HTTP_STATUS: dict[type[ServekitError], int] = {
     NotReady: 503,
     Overloaded: 503,
     DeadlineExceeded: 504,
+    ClientDisconnected: 499,  # nginx's "client closed request": nobody reads it
 }
 
 

@@ -28,6 +28,23 @@ def v1_example(model: ServedModel) -> dict[str, Any]:
     return {"instances": [{s.name: _example_row(s) for s in model.inputs}]}
 
 
+def v2_example(model: ServedModel) -> dict[str, Any]:
+    """An Open Inference Protocol v2 infer request of one all-zero row."""
+    inputs = []
+    for s in model.inputs:
+        row = _example_row(s)
+        shape = [1, *np.shape(row)]
+        inputs.append(
+            {
+                "name": s.name,
+                "shape": shape,
+                "datatype": s.datatype,
+                "data": np.reshape(row, -1).tolist(),
+            }
+        )
+    return {"inputs": inputs}
+
+
 def inject(schema: dict[str, Any], registry: ModelRegistry) -> dict[str, Any]:
     models = {m.name: m for m in registry.all() if m.ready}  # newest version wins
     if not models:
@@ -44,6 +61,12 @@ def inject(schema: dict[str, Any], registry: ModelRegistry) -> dict[str, Any]:
                 content = op["requestBody"]["content"]["application/json"]
                 content["examples"] = {
                     name: {"summary": f"{name}: {len(m.inputs)} input(s)", "value": v1_example(m)}
+                    for name, m in models.items()
+                }
+            elif path.startswith("/v2/models/") and path.endswith("/infer"):
+                content = op["requestBody"]["content"]["application/json"]
+                content["examples"] = {
+                    name: {"summary": f"{name}: {len(m.inputs)} input(s)", "value": v2_example(m)}
                     for name, m in models.items()
                 }
     return schema

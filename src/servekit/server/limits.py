@@ -1,13 +1,22 @@
-"""Pure ASGI middleware that refuses request bodies over the size limit with 413.
+"""Request limits: the 413 body-size middleware and the client-disconnect watcher.
 
 Pure ASGI rather than BaseHTTPMiddleware: it streams, and it keeps context variables.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from servekit.errors import ClientDisconnected
 from servekit.server.encoding import dumps
+
+T = TypeVar("T")
 
 
 class BodyTooLarge(Exception):
@@ -70,3 +79,28 @@ class BodySizeLimit:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+async def unless_disconnected(request: Request, pending: Coroutine[Any, Any, T]) -> T:
+    """Await ``pending`` (a queued request) unless the client goes away first.
+
+    The body has been read, so the next ASGI message is ``http.disconnect``. A request
+    whose client left is cancelled, and the batcher drops it before compute.
+    """
+    work = asyncio.ensure_future(pending)
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if work in done:
+        return work.result()
+    work.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await work
+    raise ClientDisconnected("the client disconnected before the result was ready")

@@ -10,7 +10,9 @@ from starlette.responses import Response
 
 from servekit.errors import BadInput
 from servekit.repository import ModelRegistry, ServedModel
+from servekit.server import paths  # noqa: F401 - registers the 'segment' convertor
 from servekit.server.encoding import json_response, read_json_object, to_jsonable
+from servekit.server.limits import unless_disconnected
 from servekit.server.schemas import (
     ErrorResponse,
     ModelListEntry,
@@ -156,7 +158,7 @@ def build_router() -> APIRouter:
         )
 
     @router.get(
-        "/v1/models/{model_name}",
+        "/v1/models/{model_name:segment}",
         response_model=ModelStatusResponse,
         responses=ERRORS,
         summary="Model status (every version)",
@@ -169,7 +171,7 @@ def build_router() -> APIRouter:
         return json_response(_status(models))
 
     @router.get(
-        "/v1/models/{model_name}/versions/{version}",
+        "/v1/models/{model_name:segment}/versions/{version:segment}",
         response_model=ModelStatusResponse,
         responses=ERRORS,
         summary="Model version status",
@@ -178,7 +180,7 @@ def build_router() -> APIRouter:
         return json_response(_status([_registry(request).get(model_name, version)]))
 
     @router.get(
-        "/v1/models/{model_name}/metadata",
+        "/v1/models/{model_name:segment}/metadata",
         response_model=ModelMetadataResponse,
         responses=ERRORS,
         summary="Model metadata (signature, dtypes, shapes)",
@@ -187,7 +189,7 @@ def build_router() -> APIRouter:
         return json_response(_metadata(_registry(request).get(model_name)))
 
     @router.get(
-        "/v1/models/{model_name}/versions/{version}/metadata",
+        "/v1/models/{model_name:segment}/versions/{version:segment}/metadata",
         response_model=ModelMetadataResponse,
         responses=ERRORS,
         summary="Model version metadata",
@@ -207,13 +209,20 @@ def build_router() -> APIRouter:
     }
 
     async def _predict(request: Request, model_name: str, version: str | None) -> Response:
+        body = await read_json_object(request)
+        # No await between choosing the version and queueing on it: a version that
+        # starts draining meanwhile can't be picked, and what it queued completes.
         model = _registry(request).get(model_name, version)
-        arrays, row_format = parse_predict(await read_json_object(request), model.inputs)
-        outputs = await model.infer(arrays)
+        try:
+            arrays, row_format = parse_predict(body, model.inputs)
+        except BadInput:
+            model.count_invalid()
+            raise
+        outputs = await unless_disconnected(request, model.submit(arrays))
         return json_response(encode_predict(outputs, row_format))
 
     @router.post(
-        "/v1/models/{model_name}:predict",
+        "/v1/models/{model_name:segment}:predict",
         summary="Predict (newest version)",
         operation_id="v1_predict",
         **predict_doc,
@@ -222,7 +231,7 @@ def build_router() -> APIRouter:
         return await _predict(request, model_name, None)
 
     @router.post(
-        "/v1/models/{model_name}/versions/{version}:predict",
+        "/v1/models/{model_name:segment}/versions/{version:segment}:predict",
         summary="Predict (given version)",
         operation_id="v1_predict_version",
         **predict_doc,

@@ -1,0 +1,237 @@
+"""Open Inference Protocol v2 (KServe / Triton): metadata, readiness, infer.
+
+JSON and the binary tensor data extension, both directions; the wire format lives in
+``v2_codec``. Validation, batching and the instance pool are the core's, shared with
+the TF Serving API. The health endpoints (``/v2/health/...``) are in ``health``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel
+from starlette.responses import Response
+
+from servekit import __version__
+from servekit.errors import BadInput, NotReady
+from servekit.repository import ModelRegistry, ServedModel
+from servekit.server import v2_codec
+from servekit.server.encoding import json_response
+from servekit.server.limits import unless_disconnected
+from servekit.server.schemas import (
+    ErrorResponse,
+    V2InferRequest,
+    V2InferResponse,
+    V2ModelMetadataResponse,
+    V2ModelReadyResponse,
+    V2ServerMetadataResponse,
+)
+from servekit.tensors import TensorSpec
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "Bad input"},
+    404: {"model": ErrorResponse, "description": "Unknown model or version"},
+    413: {"model": ErrorResponse, "description": "Body over the size limit"},
+    503: {"model": ErrorResponse, "description": "Not ready or overloaded (see Retry-After)"},
+    504: {"model": ErrorResponse, "description": "Deadline passed"},
+}
+
+_BINARY_SCHEMA = {"type": "string", "format": "binary"}
+
+
+def _inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """A model's JSON schema with its ``$defs`` inlined (for ``openapi_extra``)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return walk(defs[ref.removeprefix("#/$defs/")])
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    result: dict[str, Any] = walk(schema)
+    return result
+
+
+def _registry(request: Request) -> ModelRegistry:
+    registry: ModelRegistry = request.app.state.registry
+    return registry
+
+
+def _ready_model(registry: ModelRegistry, name: str, version: str | None) -> ServedModel:
+    model = registry.get(name, version)
+    if not model.ready:
+        raise NotReady(
+            f"model '{model.name}' version {model.version} is {model.state}"
+            f"{': ' + model.reason if model.reason else ''}"
+        )
+    return model
+
+
+def _tensor(spec: TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
+
+
+def _metadata(registry: ModelRegistry, model: ServedModel) -> dict[str, Any]:
+    return {
+        "name": model.name,
+        "versions": [str(m.version) for m in registry.all() if m.name == model.name and m.ready],
+        "platform": model.metadata()["platform"],
+        "inputs": [_tensor(s) for s in model.inputs],
+        "outputs": [_tensor(s) for s in model.outputs],
+    }
+
+
+def _model_ready(registry: ModelRegistry, name: str, version: str | None) -> Response:
+    """200 ``{"name", "ready": true}``, or 400 with ``ready: false``.
+
+    The protocol answers model readiness by status: 200 is true and a 4xx is false
+    (Triton sends 400); tritonclient's ``is_model_ready`` checks for 200.
+    """
+    try:
+        ready = registry.get(name, version).ready
+    except NotReady:  # no version of the model is ready
+        ready = False
+    return json_response({"name": name, "ready": ready}, status=200 if ready else 400)
+
+
+async def _infer(request: Request, model_name: str, version: str | None) -> Response:
+    raw = await request.body()
+    # No await from choosing the version until the request is queued on it (decoding is
+    # synchronous, and ServedModel.submit queues before returning): a version that
+    # starts draining meanwhile cannot be picked, and what it has queued completes.
+    model = _ready_model(_registry(request), model_name, version)
+    headers = request.headers
+    try:
+        body = v2_codec.decompress(
+            raw, headers.get("content-encoding"), request.app.state.settings.max_body_bytes
+        )
+        decoded = v2_codec.decode_request(
+            body,
+            header_length=headers.get(v2_codec.HEADER_LENGTH),
+            content_type=headers.get("content-type"),
+            inputs=model.inputs,
+            outputs=[s.name for s in model.outputs],
+        )
+    except BadInput:
+        model.count_invalid()
+        raise
+    outputs = await unless_disconnected(
+        request,
+        model.submit(decoded.inputs, timeout_s=decoded.timeout_s, priority=decoded.priority),
+    )
+    content, header_length = v2_codec.encode_response(
+        model_name=model.name,
+        model_version=str(model.version),
+        request=decoded,
+        outputs=outputs,
+        order=[s.name for s in model.outputs],
+    )
+    if header_length is None:
+        return Response(content, media_type=v2_codec.JSON_CONTENT_TYPE)
+    return Response(
+        content,
+        media_type=v2_codec.BINARY_CONTENT_TYPE,
+        headers={"Inference-Header-Content-Length": str(header_length)},
+    )
+
+
+def build_router() -> APIRouter:
+    router = APIRouter(tags=["Open Inference Protocol (v2)"])
+
+    @router.get("/v2", response_model=V2ServerMetadataResponse, summary="Server metadata")
+    async def server_metadata() -> Response:
+        return json_response(
+            {"name": "servekit", "version": __version__, "extensions": list(v2_codec.EXTENSIONS)}
+        )
+
+    @router.get(
+        "/v2/models/{model_name}",
+        response_model=V2ModelMetadataResponse,
+        responses=ERRORS,
+        summary="Model metadata (newest ready version)",
+    )
+    async def model_metadata(request: Request, model_name: str) -> Response:
+        reg = _registry(request)
+        return json_response(_metadata(reg, _ready_model(reg, model_name, None)))
+
+    @router.get(
+        "/v2/models/{model_name}/versions/{version}",
+        response_model=V2ModelMetadataResponse,
+        responses=ERRORS,
+        summary="Model version metadata",
+    )
+    async def version_metadata(request: Request, model_name: str, version: str) -> Response:
+        reg = _registry(request)
+        return json_response(_metadata(reg, _ready_model(reg, model_name, version)))
+
+    ready_doc: dict[str, Any] = {
+        "response_model": V2ModelReadyResponse,
+        "responses": {
+            400: {"model": V2ModelReadyResponse, "description": "Not ready (ready: false)"},
+            404: ERRORS[404],
+        },
+    }
+
+    @router.get("/v2/models/{model_name}/ready", summary="Model ready", **ready_doc)
+    async def model_ready(request: Request, model_name: str) -> Response:
+        return _model_ready(_registry(request), model_name, None)
+
+    @router.get(
+        "/v2/models/{model_name}/versions/{version}/ready",
+        summary="Model version ready",
+        **ready_doc,
+    )
+    async def version_ready(request: Request, model_name: str, version: str) -> Response:
+        return _model_ready(_registry(request), model_name, version)
+
+    infer_doc: dict[str, Any] = {
+        "response_model": V2InferResponse,
+        "responses": {
+            200: {
+                "description": "JSON, or with binary outputs the JSON header followed by "
+                "their bytes (Inference-Header-Content-Length gives the header's length).",
+                "content": {v2_codec.BINARY_CONTENT_TYPE: {"schema": _BINARY_SCHEMA}},
+            },
+            **ERRORS,
+        },
+        "openapi_extra": {
+            "requestBody": {
+                "required": True,
+                "description": "A JSON infer request; with the binary tensor data extension "
+                "the JSON header (Inference-Header-Content-Length bytes) followed by the "
+                "inputs' bytes; with a header length of 0 on a single-input model, just "
+                "the input's raw bytes.",
+                "content": {
+                    v2_codec.JSON_CONTENT_TYPE: {"schema": _inline_schema(V2InferRequest)},
+                    v2_codec.BINARY_CONTENT_TYPE: {"schema": _BINARY_SCHEMA},
+                },
+            }
+        },
+    }
+
+    @router.post(
+        "/v2/models/{model_name}/infer",
+        summary="Infer (newest ready version)",
+        operation_id="v2_infer",
+        **infer_doc,
+    )
+    async def infer(request: Request, model_name: str) -> Response:
+        return await _infer(request, model_name, None)
+
+    @router.post(
+        "/v2/models/{model_name}/versions/{version}/infer",
+        summary="Infer (given version)",
+        operation_id="v2_infer_version",
+        **infer_doc,
+    )
+    async def infer_version(request: Request, model_name: str, version: str) -> Response:
+        return await _infer(request, model_name, version)
+
+    return router
