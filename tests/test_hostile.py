@@ -193,7 +193,7 @@ CASES: list[tuple[str, str, str, object, tuple[int, ...]]] = [
         (404,),
     ),
     ("admin-traversal", "POST", "/v2/repository/models/..%2Fsecrets/load", None, (403, 404)),
-    ("admin-no-token", "POST", "/v2/repository/index", None, (403,)),
+    ("admin-no-token", "POST", "/v2/repository/index", None, (401,)),
     ("get-on-infer", "GET", INFER, None, (404, 405)),
 ]
 

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from servekit import __version__
+from servekit.bench import bench as bench_command
 from servekit.config import ServerSettings, load_settings
 from servekit.errors import ServekitError
 from servekit.optimize.command import optimize as optimize_command
@@ -256,6 +257,7 @@ def inspect(
 
 
 app.command()(optimize_command)
+app.command()(bench_command)
 
 
 def main() -> None:

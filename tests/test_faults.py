@@ -1,0 +1,101 @@
+"""Instances left unusable by a failure are replaced; a model whose instances cannot be
+restored goes UNAVAILABLE with its reason.
+
+An interpreter that stays broken after a failed invoke cannot be provoked with a real
+model (the real fault model in test_hardening recovers by itself), so this is the one
+place with fault injection: a real TFLiteModel subclass that breaks on command.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import servekit.repository as repository_module
+from conftest import REPO, digits_rows, direct_predict
+from servekit.config import ModelConfig
+from servekit.errors import InferenceFailed, NotReady
+from servekit.metrics import Metrics
+from servekit.repository import ModelSource, ServedModel
+from servekit.runtime import TFLiteModel
+from servekit.tensors import Array
+
+
+class Breakable(TFLiteModel):
+    """A real interpreter; once ``broken`` is set, every run fails (probes included)."""
+
+    broken = threading.Event()
+    builds_fail = threading.Event()
+    builds = 0
+
+    def __init__(self, content: bytes, *, num_threads: int = 1) -> None:
+        Breakable.builds += 1
+        if Breakable.builds_fail.is_set():
+            raise RuntimeError("cannot build an interpreter (injected)")
+        super().__init__(content, num_threads=num_threads)
+
+    def run(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
+        if self.broken.is_set():
+            raise InferenceFailed("interpreter is corrupted (injected)")
+        return super().run(inputs)
+
+
+@pytest.fixture()
+def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ServedModel:
+    Breakable.broken.clear()
+    Breakable.builds_fail.clear()
+    Breakable.builds = 0
+    monkeypatch.setattr(repository_module, "TFLiteModel", Breakable)
+    shutil.copytree(REPO / "digits", tmp_path / "digits")
+    source = ModelSource("digits", 1, tmp_path / "digits" / "1" / "model.tflite", None)
+    return ServedModel(source, ModelConfig(instances=2, max_batch_size=8), Metrics())
+
+
+async def test_broken_instance_is_replaced_and_serving_goes_on(served: ServedModel) -> None:
+    await served.load()
+    x = {"pixels": digits_rows(2)}
+    assert (await served.infer(x))["probabilities"].shape == (2, 10)
+    assert Breakable.builds == 2
+
+    # The interpreters break: a request fails, the instance finds it can no longer run
+    # a warm-up row and builds a fresh interpreter (which works again).
+    Breakable.broken.set()
+    original_init = Breakable.__init__
+
+    def healing_init(self: Breakable, content: bytes, *, num_threads: int = 1) -> None:
+        Breakable.broken.clear()  # the fresh interpreter is healthy
+        original_init(self, content, num_threads=num_threads)
+
+    Breakable.__init__ = healing_init  # type: ignore[method-assign]
+    try:
+        with pytest.raises(InferenceFailed, match="corrupted"):
+            await served.infer(x)
+    finally:
+        Breakable.__init__ = original_init  # type: ignore[method-assign]
+    assert Breakable.builds == 3  # one replacement
+    out = await served.infer(x)
+    want = direct_predict("digits", x)["probabilities"]
+    np.testing.assert_allclose(out["probabilities"], want, rtol=1e-5, atol=1e-6)
+    assert served.ready
+    await served.unload(5)
+
+
+async def test_model_goes_unavailable_when_no_instance_can_be_restored(served: ServedModel) -> None:
+    await served.load()
+    x = {"pixels": digits_rows(1)}
+    Breakable.broken.set()
+    Breakable.builds_fail.set()
+    for _ in range(2):  # each of the 2 instances fails once and cannot be rebuilt
+        with pytest.raises((InferenceFailed, NotReady)):
+            await served.infer(x)
+    assert served.state == "UNAVAILABLE"
+    assert "could not be replaced" in served.reason
+    assert "cannot build an interpreter" in served.reason
+    with pytest.raises(NotReady, match="UNAVAILABLE"):
+        await served.infer(x)
+    await served.unload(5)
