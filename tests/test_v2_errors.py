@@ -416,7 +416,7 @@ def test_metadata_errors(client: httpx.Client) -> None:
     r = client.get("/v2/models/digits/versions/3")
     assert r.status_code == 404 and "no version 3" in r.json()["error"]
     r = client.get("/v2/models/digits/versions/x/ready")
-    assert r.status_code == 400 and "positive integer" in r.json()["error"]
+    assert r.status_code == 404 and "no version 'x'" in r.json()["error"]
 
 
 def test_gzip_bomb_is_refused(client: httpx.Client) -> None:

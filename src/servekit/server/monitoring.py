@@ -99,8 +99,20 @@ def remove_dead_processes(path: str) -> list[int]:
     return sorted(dead)
 
 
+_CONVERTOR = re.compile(r"\{(\w+):\w+\}")
+
+
+def template(path: str) -> str:
+    """A route path as a label: ``{model_name:segment}`` → ``{model_name}``."""
+    return _CONVERTOR.sub(r"{\1}", path)
+
+
 def route_templates(routes: Iterable[BaseRoute], prefix: str = "") -> set[str]:
     """Every path template the app serves, routers and mounts flattened."""
+    return {template(p) for p in _route_paths(routes, prefix)}
+
+
+def _route_paths(routes: Iterable[BaseRoute], prefix: str = "") -> set[str]:
     out: set[str] = set()
     for route in routes:
         contexts = getattr(route, "effective_route_contexts", None)
@@ -108,12 +120,12 @@ def route_templates(routes: Iterable[BaseRoute], prefix: str = "") -> set[str]:
             for ctx in contexts():
                 inner = getattr(ctx, "starlette_route", None) or ctx
                 if isinstance(inner, Mount):
-                    out |= route_templates(inner.routes, prefix + inner.path)
+                    out |= _route_paths(inner.routes, prefix + inner.path)
                     out.add(prefix + inner.path)
                 elif isinstance(path := getattr(inner, "path", None), str):
                     out.add(prefix + path)
         elif isinstance(route, Mount):
-            out |= route_templates(route.routes, prefix + route.path)
+            out |= _route_paths(route.routes, prefix + route.path)
             out.add(prefix + route.path)
         elif isinstance(path := getattr(route, "path", None), str):
             out.add(prefix + path)
@@ -158,6 +170,7 @@ class HttpMetricsMiddleware(PrometheusInstrumentatorMiddleware):
         handler, templated = super()._get_handler(request)
         if not templated:
             return UNMATCHED, False
+        handler = template(handler)
         routes = request.app.routes
         if len(routes) != self._routes_seen:
             self._templates = route_templates(routes)
