@@ -15,6 +15,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 import uvicorn
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from servekit import __version__
@@ -37,7 +38,7 @@ err_console = Console(stderr=True)
 
 def fail(message: str) -> NoReturn:
     """One clear line on stderr and a non-zero exit; never a traceback."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -275,6 +276,6 @@ def main() -> None:
             sys.exit(0)
         # Usage errors: one line, not a box.
         message = e.format_message() if hasattr(e, "format_message") else str(e)
-        err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
         sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)
