@@ -122,10 +122,37 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         schema = get_openapi(
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
-        return examples.inject(schema, registry)
+        return examples.inject(_no_422(schema), registry)
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _no_422(schema: dict[str, Any]) -> dict[str, Any]:
+    """FastAPI documents a 422 on every operation with parameters, but servekit answers
+    validation errors with 400 {"error": ...} (server/errors.py): say so instead."""
+    error_ref = {"$ref": "#/components/schemas/ErrorResponse"}
+    for ops in schema.get("paths", {}).values():
+        for op in ops.values():
+            responses = op.get("responses", {})
+            if responses.pop("422", None) is not None and "400" not in responses:
+                responses["400"] = {
+                    "description": "Bad input",
+                    "content": {"application/json": {"schema": error_ref}},
+                }
+    components = schema.get("components", {}).get("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
+    components.setdefault(
+        "ErrorResponse",
+        {
+            "type": "object",
+            "required": ["error"],
+            "properties": {"error": {"type": "string", "title": "Error"}},
+            "title": "ErrorResponse",
+        },
+    )
+    return schema
 
 
 def create_app_from_env() -> FastAPI:
