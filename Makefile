@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test lint typecheck unit clean models
+.PHONY: serve test lint typecheck unit clean models bench
 
 # Serving needs only the package; the tests also need the dev tools and TensorFlow
 # (servekit optimize is tested end to end).
@@ -40,6 +40,11 @@ test: lint typecheck unit
 # Rebuild the committed test and demo models (needs TensorFlow: pip install '.[optimize]').
 models: $(VENV)/.installed-dev
 	$(BIN)/python scripts/make_models.py
+
+# benchmarks/run.py: raw interpreter, bare ASGI floor and servekit in one run (~5 min).
+bench: $(VENV)/.installed-dev
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python benchmarks/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

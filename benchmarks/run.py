@@ -1,0 +1,811 @@
+"""How close servekit gets to its two limits, measured in one run on one machine.
+
+For each benchmark model (built by ``make_bench_models.py`` into ``benchmarks/build``):
+
+(a) **raw interpreter**: ai-edge-litert in this process, no HTTP, the same threads as
+    the server (``instances`` interpreters, each in its own Python thread with
+    ``threads_per_instance`` TFLite threads), invoking back to back at every batch size
+    the server allocates; the best samples/s is the limit. Also the median time of one
+    batch-1 invoke (set_tensor + invoke + get_tensor) on one interpreter: the latency
+    floor.
+(b) **bare ASGI floor**: ``bare_asgi.py`` under uvicorn with servekit's settings
+    (uvloop, httptools, no access log, same ``--workers``): reads the same request
+    body and answers with the bytes of a real servekit response to it. Same load
+    generator as (c).
+(c) **servekit**, batching on (``max_batch_size`` 32, 64 for ``wide``,
+    ``max_queue_delay_ms`` 0) and off (``max_batch_size`` 1), same instances.
+
+(b) and (c) are loaded by ``wrk`` (C, epoll, one thread: the cheapest client there is,
+so the 2 cores go to the server) with ``wrk_post.lua``, closed loop, at each
+concurrency (connections) for ``--duration`` seconds after a ``--warmup``. Throughput
+counts 200s only; p50/p99 are wrk's (every completed request); errors are non-2xx
+answers plus socket errors and timeouts. Server RSS (all its processes) and CPU time
+come from /proc. Before any timing, one request per server is checked against the
+raw interpreter's output.
+
+Writes ``benchmarks/results/<model>.json``, ``<model>.png`` and ``summary.md``.
+
+    .venv/bin/python benchmarks/run.py                # everything, ~6 minutes
+    .venv/bin/python benchmarks/run.py --models tiny --duration 2 --concurrency 1 64
+
+Needs matplotlib, TensorFlow (to build the models: ``--tf-python`` names another
+interpreter for that) and wrk (``apt-get install wrk``; installed here if missing and
+running as root).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from ai_edge_litert.interpreter import Interpreter
+from server_process import ServerProcess, free_port
+
+from servekit.bench import Fill, InputMeta, Protocol, encode_request, make_arrays
+from servekit.loadgen import RawClient
+
+HERE = Path(__file__).resolve().parent
+BUILD = HERE / "build"
+MODELS = BUILD / "models"
+RESULTS = HERE / "results"
+WRK_SCRIPT = HERE / "wrk_post.lua"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark model and how it is served."""
+
+    model: str
+    input_name: str
+    row_shape: tuple[int, ...]
+    protocol: Protocol
+    max_batch_size: int  # with batching on
+    instances: int
+    threads_per_instance: int = 1
+
+    def buckets(self) -> list[int]:
+        return [b for b in (1, 2, 4, 8, 16, 32, 64) if b < self.max_batch_size] + [
+            self.max_batch_size
+        ]
+
+
+# How each model is served on a 2-core machine. The dense models get one interpreter
+# thread (the event loop needs the other core). MobileNetV2 gets two instances of one
+# thread: measured here against one instance of two threads (--instances
+# mobilenet_v2=1:2), ~10% more raw and server samples/s, for twice the batch-1 latency.
+CASES = {
+    "tiny": Case("tiny", "x", (64,), Protocol.v1, 32, instances=1),
+    "wide": Case("wide", "x", (512,), Protocol.v2, 64, instances=1),
+    "mobilenet_v2": Case(
+        "mobilenet_v2", "image", (224, 224, 3), Protocol.v2_binary, 32, instances=2
+    ),
+}
+
+
+# -- machine state -------------------------------------------------------------------
+
+
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
+def ensure_wrk() -> str:
+    path = shutil.which("wrk")
+    if path:
+        return path
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print("wrk is missing: apt-get install wrk ...", flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, env=env)
+        if path := shutil.which("wrk"):
+            return path
+    sys.exit("wrk is needed: apt-get install wrk (Debian/Ubuntu) or brew install wrk")
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (uvicorn --workers forks worker processes)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rpartition(")")[2].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of the process tree, MB (VmRSS from /proc/<pid>/status)."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return round(total / 1024, 1)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the process tree so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+# -- (a) the raw interpreter ---------------------------------------------------------
+
+
+def _invoke_loop(
+    it: Any, x: np.ndarray, seconds: float, start: threading.Barrier, counts: list[int], i: int
+) -> None:
+    """Invoke back to back for ``seconds`` (at least twice, so slow batches count too)."""
+    index = it.get_input_details()[0]["index"]
+    out_index = it.get_output_details()[0]["index"]
+    start.wait()
+    stop = time.perf_counter() + seconds
+    while time.perf_counter() < stop or counts[i] < 2:
+        it.set_tensor(index, x)
+        it.invoke()
+        it.get_tensor(out_index)
+        counts[i] += 1
+
+
+def _run_batch(interps: list[Any], x: np.ndarray, seconds: float) -> float:
+    """Samples/s of every interpreter invoking ``x`` back to back in its own thread."""
+    index = interps[0].get_input_details()[0]["index"]
+    for it in interps:
+        it.resize_tensor_input(index, list(x.shape))
+        it.allocate_tensors()
+        it.set_tensor(index, x)
+        it.invoke()
+    counts = [0] * len(interps)
+    start = threading.Barrier(len(interps) + 1)
+    threads = [
+        threading.Thread(target=_invoke_loop, args=(it, x, seconds, start, counts, i))
+        for i, it in enumerate(interps)
+    ]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    return sum(counts) * len(x) / (time.perf_counter() - t0)
+
+
+def raw_limit(case: Case, path: Path, seconds: float, rounds: int = 3) -> dict[str, Any]:
+    """Best samples/s over the server's batch sizes, and the batch-1 invoke time.
+
+    Each batch size is measured ``rounds`` times, the rounds interleaved across batch
+    sizes, and its median kept: the best of single noisy samples would overstate the
+    limit on a shared machine.
+    """
+    interps = [
+        Interpreter(model_path=str(path), num_threads=case.threads_per_instance)
+        for _ in range(case.instances)
+    ]
+    index = interps[0].get_input_details()[0]["index"]
+    out_index = interps[0].get_output_details()[0]["index"]
+    rng = np.random.default_rng(0)
+    inputs = {b: rng.random((b, *case.row_shape), dtype=np.float32) for b in case.buckets()}
+    samples: dict[int, list[float]] = {b: [] for b in inputs}
+    for _ in range(rounds):
+        for batch, x in inputs.items():
+            samples[batch].append(_run_batch(interps, x, seconds / rounds))
+    by_batch = {b: statistics.median(v) for b, v in samples.items()}
+    # Latency floor: one interpreter, batch 1, median of back-to-back invokes.
+    it = interps[0]
+    it.resize_tensor_input(index, [1, *case.row_shape])
+    it.allocate_tensors()
+    x1 = inputs[1]
+    times: list[float] = []
+    deadline = time.perf_counter() + min(seconds, 1.0)
+    while time.perf_counter() < deadline or len(times) < 5:
+        t = time.perf_counter()
+        it.set_tensor(index, x1)
+        it.invoke()
+        it.get_tensor(out_index)
+        times.append(time.perf_counter() - t)
+    best = max(by_batch, key=lambda b: by_batch[b])
+    return {
+        "threads": case.instances * case.threads_per_instance,
+        "samples_per_s_by_batch": {str(b): round(v, 1) for b, v in by_batch.items()},
+        "rounds_per_batch": rounds,
+        "best_batch": best,
+        "samples_per_s": round(by_batch[best], 1),
+        "invoke_batch1_ms": round(statistics.median(times) * 1000, 4),
+    }
+
+
+def reference_output(case: Case, path: Path, x: np.ndarray) -> np.ndarray:
+    runner = Interpreter(model_path=str(path)).get_signature_runner("serving_default")
+    (out,) = runner(**{case.input_name: x}).values()
+    return np.asarray(out)
+
+
+# -- (b), (c) HTTP servers -----------------------------------------------------------
+
+
+def variant_repo(case: Case, variant: str, max_batch_size: int) -> Path:
+    """A one-model repository with the variant's config.yaml (model file hard-linked)."""
+    folder = BUILD / "repos" / f"{case.model}-{variant}"
+    version = folder / case.model / "1"
+    version.mkdir(parents=True, exist_ok=True)
+    target, source = version / "model.tflite", MODELS / case.model / "1" / "model.tflite"
+    if target.exists():
+        target.unlink()
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+    (folder / case.model / "config.yaml").write_text(
+        f"max_batch_size: {max_batch_size}\nmax_queue_delay_ms: 0\n"
+        f"instances: {case.instances}\nthreads_per_instance: {case.threads_per_instance}\n"
+    )
+    return folder
+
+
+class BareServer:
+    """``bare_asgi:app`` under uvicorn, configured like ``servekit serve``."""
+
+    def __init__(
+        self,
+        name: str,
+        response: bytes,
+        content_type: str,
+        header_length: str | None,
+        workers: int,
+    ):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        BUILD.mkdir(exist_ok=True)
+        body_file = BUILD / f"bare-response-{name}.bin"
+        body_file.write_bytes(response)
+        env = {
+            **os.environ,
+            "BARE_RESPONSE_FILE": str(body_file),
+            "BARE_CONTENT_TYPE": content_type,
+        }
+        if header_length:
+            env["BARE_HEADER_LENGTH"] = header_length
+        command = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bare_asgi:app",
+            "--app-dir",
+            str(HERE),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ]
+        if workers > 1:
+            command += ["--workers", str(workers)]
+        self.log_path = BUILD / f"bare-{name}.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(command, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def __enter__(self) -> BareServer:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"bare server exited; see {self.log_path}")
+            try:
+                asyncio.run(send_once(self.url, "/", b"", "application/json", {}))
+                return self
+            except OSError:
+                time.sleep(0.1)
+        raise TimeoutError("bare server did not start")
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+async def send_once(
+    url: str, path: str, body: bytes, content_type: str, headers: dict[str, str]
+) -> tuple[int, bytes, dict[str, str]]:
+    client = RawClient(url, headers)
+    try:
+        r = await client.request("POST", path, body, content_type)
+    finally:
+        await client.close()
+    return r.status, r.body, r.headers
+
+
+def run_wrk(
+    wrk: str,
+    url: str,
+    body_file: Path,
+    content_type: str,
+    header_length: str | None,
+    concurrency: int,
+    seconds: float,
+) -> dict[str, Any]:
+    env = {**os.environ, "WRK_BODY": str(body_file), "WRK_CONTENT_TYPE": content_type}
+    if header_length:
+        env["WRK_HEADER_LENGTH"] = header_length
+    command = [
+        wrk,
+        "-t1",
+        f"-c{concurrency}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "30s",
+        "-s",
+        str(WRK_SCRIPT),
+        url,
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    line = next(x for x in done.stdout.splitlines() if x.startswith("WRKJSON "))
+    return dict(json.loads(line.removeprefix("WRKJSON ")))
+
+
+def measure_points(
+    wrk: str,
+    server_url: str,
+    path: str,
+    pid: int,
+    body_file: Path,
+    content_type: str,
+    header_length: str | None,
+    concurrencies: list[int],
+    seconds: float,
+    warmup: float,
+) -> list[dict[str, Any]]:
+    points = []
+    for c in concurrencies:
+        args = (wrk, server_url + path, body_file, content_type, header_length, c)
+        if warmup > 0:
+            run_wrk(*args, warmup)
+        cpu0 = cpu_seconds(pid)
+        r = run_wrk(*args, seconds)
+        cpu = cpu_seconds(pid) - cpu0
+        secs = r["duration_us"] / 1e6
+        errors = sum(r["errors"].values())
+        ok = r["requests"] - r["errors"]["status"]
+        lat = r["latency_us"]
+        point = {
+            "concurrency": c,
+            "requests": r["requests"],
+            "errors": errors,
+            "error_kinds": {k: v for k, v in r["errors"].items() if v},
+            "throughput_rps": round(ok / secs, 1),
+            "p50_ms": lat["p50"] / 1000,
+            "p90_ms": lat["p90"] / 1000,
+            "p99_ms": lat["p99"] / 1000,
+            "mean_ms": round(lat["mean"] / 1000, 3),
+            "server_cpu_cores": round(cpu / secs, 2),
+            "server_rss_mb": rss_mb(pid),
+            "load_avg_1m": round(load_average(), 2),
+        }
+        print(
+            f"    c={c:<3} {point['throughput_rps']:>9.1f} req/s  p50 {point['p50_ms']:8.3f} ms"
+            f"  p99 {point['p99_ms']:8.3f} ms  errors {errors}  cpu {point['server_cpu_cores']}"
+            f"  rss {point['server_rss_mb']} MB",
+            flush=True,
+        )
+        points.append(point)
+    return points
+
+
+def bench_model(
+    case: Case, wrk: str, concurrencies: list[int], seconds: float, warmup: float, workers: int
+) -> dict[str, Any]:
+    path = MODELS / case.model / "1" / "model.tflite"
+    print(
+        f"== {case.model} ({case.protocol.value}, {case.instances} instance(s) x "
+        f"{case.threads_per_instance} thread(s), {workers} worker(s))",
+        flush=True,
+    )
+    raw = raw_limit(case, path, max(1.5, seconds / 2))
+    print(
+        f"  raw interpreter: {raw['samples_per_s']:.1f} samples/s at batch "
+        f"{raw['best_batch']}; batch-1 invoke {raw['invoke_batch1_ms']:.3f} ms",
+        flush=True,
+    )
+
+    x = np.random.default_rng(1).random((1, *case.row_shape), dtype=np.float32)
+    inputs = [InputMeta(case.input_name, "FP32", (-1, *case.row_shape))]
+    arrays = make_arrays(inputs, 1, Fill.random)
+    arrays[case.input_name] = x
+    request = encode_request(case.model, arrays, case.protocol)
+    header_length = request.headers.get("Inference-Header-Content-Length")
+    body_file = BUILD / f"request-{case.model}.bin"
+    body_file.write_bytes(request.body)
+    want = reference_output(case, path, x)
+    serve_args = ["--log-level", "warning"] + (["--workers", str(workers)] if workers > 1 else [])
+
+    result: dict[str, Any] = {"raw": raw}
+    response: tuple[bytes, str, str | None] | None = None
+    for variant, mbs in (("batching_on", case.max_batch_size), ("batching_off", 1)):
+        repo = variant_repo(case, variant, mbs)
+        log = BUILD / f"servekit-{case.model}-{variant}.log"
+        with ServerProcess(repo, *serve_args, log_path=log) as server:
+            status, body, headers = asyncio.run(
+                send_once(
+                    server.url, request.path, request.body, request.content_type, request.headers
+                )
+            )
+            if status != 200:
+                raise RuntimeError(f"{case.model} {variant}: {status} {body[:300]!r}")
+            check_response(case, body, headers, want)
+            response = (
+                body,
+                headers["content-type"],
+                headers.get("inference-header-content-length"),
+            )
+            print(f"  servekit, {variant.replace('_', ' ')} (max_batch_size {mbs}):", flush=True)
+            result[variant] = {
+                "max_batch_size": mbs,
+                "startup_rss_mb": rss_mb(server.proc.pid),
+                "points": measure_points(
+                    wrk,
+                    server.url,
+                    request.path,
+                    server.proc.pid,
+                    body_file,
+                    request.content_type,
+                    header_length,
+                    concurrencies,
+                    seconds,
+                    warmup,
+                ),
+            }
+    assert response is not None
+    print("  bare ASGI floor:", flush=True)
+    with BareServer(case.model, *response, workers=workers) as bare:
+        result["bare_asgi"] = {
+            "response_bytes": len(response[0]),
+            "points": measure_points(
+                wrk,
+                bare.url,
+                request.path,
+                bare.proc.pid,
+                body_file,
+                request.content_type,
+                header_length,
+                concurrencies,
+                seconds,
+                warmup,
+            ),
+        }
+    return {
+        "model": case.model,
+        "case": {**asdict(case), "protocol": case.protocol.value},
+        "request_bytes": len(request.body),
+        "response_bytes": len(response[0]),
+        **result,
+    }
+
+
+def check_response(case: Case, body: bytes, headers: dict[str, str], want: np.ndarray) -> None:
+    """servekit's answer equals the interpreter's, before anything is timed."""
+    if case.protocol is Protocol.v1:
+        got = np.asarray(orjson.loads(body)["predictions"], dtype=np.float32)
+    elif case.protocol is Protocol.v2:
+        out = orjson.loads(body)["outputs"][0]
+        got = np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
+    else:
+        n = int(headers["inference-header-content-length"])
+        out = orjson.loads(body[:n])["outputs"][0]
+        got = np.frombuffer(body[n:], dtype="<f4").reshape(out["shape"])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6, err_msg=case.model)
+
+
+# -- report ----------------------------------------------------------------------------
+
+
+def point(result: dict[str, Any], variant: str, concurrency: int) -> dict[str, Any] | None:
+    for p in result.get(variant, {}).get("points", []):
+        if p["concurrency"] == concurrency:
+            return dict(p)
+    return None
+
+
+def targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's four targets, as ratios from this run."""
+    rows: list[dict[str, Any]] = []
+
+    def add(name: str, value: float | None, goal: float, text: str, higher: bool = True) -> None:
+        met = None if value is None else (value >= goal if higher else value <= goal)
+        rows.append({"target": name, "value": value, "goal": goal, "met": met, "how": text})
+
+    if "wide" in results:
+        on, off = (
+            point(results["wide"], "batching_on", 64),
+            point(results["wide"], "batching_off", 64),
+        )
+        add(
+            "wide, c=64: batching on / off throughput",
+            round(on["throughput_rps"] / off["throughput_rps"], 2) if on and off else None,
+            4.0,
+            "≥ 4x",
+        )
+    if "mobilenet_v2" in results:
+        r = results["mobilenet_v2"]
+        # Both: batching does not pay for conv nets (padding to a bucket costs compute).
+        for variant in ("batching_on", "batching_off"):
+            p = point(r, variant, 8)
+            add(
+                f"mobilenet_v2 (binary V2), c=8, {variant.replace('_', ' ')}: "
+                "servekit / raw interpreter",
+                round(p["throughput_rps"] / r["raw"]["samples_per_s"], 3) if p else None,
+                0.9,
+                "≥ 90%",
+            )
+    if "tiny" in results:
+        r = results["tiny"]
+        on, bare = point(r, "batching_on", 64), point(r, "bare_asgi", 64)
+        add(
+            "tiny (JSON), c=64: servekit / bare ASGI floor requests/s",
+            round(on["throughput_rps"] / bare["throughput_rps"], 3) if on and bare else None,
+            0.5,
+            "≥ 50%",
+        )
+    for name, r in results.items():
+        one, bare = point(r, "batching_on", 1), point(r, "bare_asgi", 1)
+        if one is None:
+            continue
+        excess = one["p50_ms"] - r["raw"]["invoke_batch1_ms"]
+        add(f"{name}, c=1: p50 - raw batch-1 invoke (ms)", round(excess, 3), 1.0, "≤ 1 ms", False)
+        if bare is not None:  # not a target: what servekit adds to moving bytes and invoking
+            rows.append(
+                {
+                    "target": f"{name}, c=1: p50 - raw batch-1 invoke - bare floor p50 (ms)",
+                    "value": round(excess - bare["p50_ms"], 3),
+                    "goal": None,
+                    "met": None,
+                    "how": "(information)",
+                }
+            )
+    return rows
+
+
+def fmt_ratio(row: dict[str, Any]) -> str:
+    v = row["value"]
+    if v is None:
+        return "n/a"
+    if "(ms)" in row["target"]:
+        return f"{v:.3f} ms"
+    return f"{v:.2f}x" if row["goal"] >= 1 else f"{v * 100:.1f}%"
+
+
+def summary_markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [
+        "# servekit benchmark summary",
+        "",
+        f"One run of `benchmarks/run.py` on {meta['date']}: {meta['cpus']} CPUs "
+        f"({meta['cpu_model']}), Python {meta['python']}, {meta['workers']} server "
+        f"process(es), {meta['duration_s']:g} s per point after {meta['warmup_s']:g} s "
+        f"warm-up, load generator wrk (1 thread). 1-minute load average "
+        f"{meta['load_avg_start']:.2f} at the start, {meta['load_avg_end']:.2f} at the end.",
+        "",
+        "Throughput is requests/s (one row each) answered 200; the raw interpreter's is "
+        "samples/s at its best batch size with the server's threads. Latencies are wrk's.",
+        "",
+        "Served as: "
+        + "; ".join(
+            f"{name} {r['case']['instances']} instance(s) x {r['case']['threads_per_instance']} "
+            f"thread(s), {r['case']['protocol']}"
+            for name, r in results.items()
+        )
+        + ".",
+        "",
+        "| model | protocol | server | c | req/s | p50 ms | p99 ms | errors | RSS MB |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in results.items():
+        proto = r["case"]["protocol"]
+        raw = r["raw"]
+        lines.append(
+            f"| {name} | - | raw interpreter ({raw['threads']} thread(s), batch "
+            f"{raw['best_batch']}) | - | {raw['samples_per_s']:.0f} | "
+            f"{raw['invoke_batch1_ms']:.3f} (batch-1 invoke) | - | - | - |"
+        )
+        for variant, label in (
+            ("bare_asgi", "bare ASGI floor"),
+            ("batching_on", f"servekit, batching on ({r['case']['max_batch_size']})"),
+            ("batching_off", "servekit, batching off (1)"),
+        ):
+            for p in r[variant]["points"]:
+                lines.append(
+                    f"| {name} | {proto} | {label} | {p['concurrency']} | "
+                    f"{p['throughput_rps']:.0f} | {p['p50_ms']:.2f} | {p['p99_ms']:.2f} | "
+                    f"{p['errors']} | {p['server_rss_mb']:.0f} |"
+                )
+    lines += ["", "## Targets", "", "| target | goal | measured | met |", "|---|---|---:|---|"]
+    for t in meta["targets"]:
+        met = {True: "yes", False: "**no**", None: "-"}[t["met"]]
+        lines.append(f"| {t['target']} | {t['how']} | {fmt_ratio(t)} | {met} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_l) = plt.subplots(1, 2, figsize=(12, 4.5))
+    styles = {
+        "batching_on": ("servekit, batching on", "tab:blue", "o-"),
+        "batching_off": ("servekit, batching off", "tab:orange", "s-"),
+    }
+    for variant, (label, color, style) in styles.items():
+        pts = result[variant]["points"]
+        cs = [p["concurrency"] for p in pts]
+        ax_t.plot(cs, [p["throughput_rps"] for p in pts], style, color=color, label=label)
+        ax_l.plot(cs, [p["p99_ms"] for p in pts], style, color=color, label=f"{label} p99")
+    raw = result["raw"]
+    bare = result["bare_asgi"]["points"]
+    best_bare = max(p["throughput_rps"] for p in bare)
+    ax_t.axhline(
+        raw["samples_per_s"],
+        color="tab:green",
+        ls="--",
+        label=f"raw interpreter (batch {raw['best_batch']}): {raw['samples_per_s']:.0f}/s",
+    )
+    ax_t.axhline(best_bare, color="tab:gray", ls=":", label=f"bare ASGI floor: {best_bare:.0f}/s")
+    ax_l.axhline(
+        raw["invoke_batch1_ms"],
+        color="tab:green",
+        ls="--",
+        label=f"raw batch-1 invoke: {raw['invoke_batch1_ms']:.3f} ms",
+    )
+    ax_l.axhline(
+        min(p["p99_ms"] for p in bare),
+        color="tab:gray",
+        ls=":",
+        label=f"bare ASGI floor p99 (best): {min(p['p99_ms'] for p in bare):.2f} ms",
+    )
+    for ax, ylabel in ((ax_t, "requests/s (samples/s)"), (ax_l, "p99 latency (ms)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks([p["concurrency"] for p in bare])
+        ax.set_xticklabels([str(p["concurrency"]) for p in bare])
+        ax.set_xlabel("concurrency (connections)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    case = result["case"]
+    fig.suptitle(
+        f"{result['model']}: {case['protocol']}, {case['instances']} instance(s) x "
+        f"{case['threads_per_instance']} thread(s)"
+    )
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+# -- main --------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="*", choices=list(CASES), default=list(CASES))
+    parser.add_argument("--concurrency", nargs="*", type=int, default=[1, 8, 64])
+    parser.add_argument("--duration", type=float, default=6.0, help="seconds per point")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first")
+    parser.add_argument("--workers", type=int, default=1, help="server processes (both servers)")
+    parser.add_argument(
+        "--tf-python", default=sys.executable, help="a Python with TensorFlow, to build the models"
+    )
+    parser.add_argument(
+        "--instances",
+        nargs="*",
+        default=[],
+        metavar="MODEL=I:T",
+        help="serve MODEL with I instances of T threads (raw limit too), e.g. mobilenet_v2=1:2",
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    cases = dict(CASES)
+    for spec in args.instances:
+        name, _, it = spec.partition("=")
+        instances, _, threads = it.partition(":")
+        cases[name] = replace(
+            cases[name], instances=int(instances), threads_per_instance=int(threads or 1)
+        )
+
+    wrk = ensure_wrk()
+    subprocess.run(
+        [args.tf_python, str(HERE / "make_bench_models.py"), "--only", *args.models], check=True
+    )
+    sys.setswitchinterval(0.001)  # as servekit's server does (its threads get the GIL back)
+    meta: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "workers": args.workers,
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "load_generator": "wrk -t1 (benchmarks/wrk_post.lua)",
+        "load_avg_start": round(load_average(), 2),
+    }
+    print(f"load average {meta['load_avg_start']:.2f}", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[str, Any]] = {}
+    t0 = time.monotonic()
+    for name in args.models:
+        result = bench_model(
+            cases[name], wrk, args.concurrency, args.duration, args.warmup, args.workers
+        )
+        results[name] = result
+        (args.out / f"{name}.json").write_text(
+            json.dumps({"meta": meta, **result}, indent=2) + "\n"
+        )
+        plot(result, args.out / f"{name}.png")
+    meta["load_avg_end"] = round(load_average(), 2)
+    meta["elapsed_s"] = round(time.monotonic() - t0, 1)
+    meta["targets"] = targets(results)
+    for name, result in results.items():  # the final meta (targets, load at the end) in each
+        (args.out / f"{name}.json").write_text(
+            json.dumps({"meta": meta, **result}, indent=2) + "\n"
+        )
+    (args.out / "summary.md").write_text(summary_markdown(results, meta))
+    print()
+    print((args.out / "summary.md").read_text())
+    print(f"took {meta['elapsed_s']:.0f} s; wrote {args.out}/")
+
+
+if __name__ == "__main__":
+    main()
