@@ -19,20 +19,17 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import numpy as np
 import orjson
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from servekit.loadgen import LoadResult, RawClient, Response, closed_loop
 from servekit.tensors import V2_TO_NUMPY, Array, v2_datatype
-
-console = Console()
-err_console = Console(stderr=True)
+from servekit.terminal import console, err_console, fail
 
 
 class Protocol(str, Enum):
@@ -364,11 +361,6 @@ def _print_summary(s: dict[str, Any]) -> None:
     console.print(table)
 
 
-def _fail(message: str) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
-
-
 def bench(
     url: Annotated[str, typer.Argument(help="The server, e.g. http://127.0.0.1:8000")],
     model: Annotated[str, typer.Option("--model", "-m", help="The model to load-test.")],
@@ -426,11 +418,11 @@ def bench(
             )
         )
     except BenchError as e:
-        _fail(str(e))
+        fail(str(e))
     except ValueError as e:  # a URL RawClient cannot use
-        _fail(str(e))
+        fail(str(e))
     except TimeoutError:
-        _fail(f"{url} did not answer in time")
+        fail(f"{url} did not answer in time")
     if as_json:
         console.print_json(json.dumps(summary))
     else:

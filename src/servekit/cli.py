@@ -10,12 +10,10 @@ import ssl
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 import uvicorn
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from servekit import __version__
@@ -23,6 +21,7 @@ from servekit.bench import bench as bench_command
 from servekit.config import ServerSettings, load_settings
 from servekit.errors import ServekitError
 from servekit.optimize.command import optimize as optimize_command
+from servekit.terminal import console, fail, print_error
 
 app = typer.Typer(
     name="servekit",
@@ -32,14 +31,6 @@ app = typer.Typer(
     # Help texts contain literal [brackets] (defaults, extras): no rich markup.
     rich_markup_mode=None,
 )
-console = Console()
-err_console = Console(stderr=True)
-
-
-def fail(message: str) -> NoReturn:
-    """One clear line on stderr and a non-zero exit; never a traceback."""
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
 
 
 def _version(value: bool) -> None:
@@ -276,6 +267,6 @@ def main() -> None:
             sys.exit(0)
         # Usage errors: one line, not a box.
         message = e.format_message() if hasattr(e, "format_message") else str(e)
-        err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+        print_error(message)
         sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)

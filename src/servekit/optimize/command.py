@@ -9,10 +9,9 @@ import datetime
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -24,28 +23,15 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from servekit import terminal
 from servekit.errors import ServekitError
 from servekit.optimize.common import Mode, OptimizeError, Samples, quiet_native_stderr
+from servekit.terminal import console, fail
 
 if TYPE_CHECKING:
     from servekit.optimize.report import ModeResult
     from servekit.optimize.source import SourceModel
     from servekit.tensors import Array
-
-console = Console()
-err_console = Console(stderr=True)
-
-
-def _fail(message: str) -> NoReturn:
-    """One clear line on stderr and a non-zero exit (the same contract as servekit.cli)."""
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
-
-
-def _warn(message: str) -> None:
-    err_console.print(
-        f"[bold yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True
-    )
 
 
 def optimize(
@@ -159,7 +145,7 @@ def optimize(
             verbose=verbose,
         )
     except ServekitError as e:
-        _fail(str(e))
+        fail(str(e))
 
 
 def _modes(mode: Mode | None, compare: bool) -> list[Mode]:
@@ -319,8 +305,9 @@ def _run(
     notes: list[str] = []
 
     def warn(message: str) -> None:
+        """Say it now and keep it for report.json."""
         notes.append(message)
-        _warn(message)
+        terminal.warn(message)
 
     quiet = not verbose
     columns = (
