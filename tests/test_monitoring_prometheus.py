@@ -252,23 +252,28 @@ def test_every_alert_expression_runs(stack: Stack) -> None:
     for r in alerts:
         p.query(r["expr"])  # parses and runs; empty where the condition is false
 
-    # The flood of tiny_queue is real trouble: its alerts are pending (their `for` runs).
+    # The floods are real trouble: tiny_queue refused requests, and a model where more
+    # than 5% of requests failed (rejected or timed out) has its error-ratio alert
+    # pending (the `for` runs). Which model passes 5% depends on how fast the server is
+    # against the client, so the expectation comes from what the clients saw (with a
+    # margin: Prometheus' rate() extrapolates).
+    def failure_share(model: str) -> float:
+        answers = sum(n for (m, _), n in stack.seen.items() if m == model)
+        return (stack.seen[model, 503] + stack.seen[model, 504]) / max(answers, 1)
+
+    failing = {m for m in MODELS if failure_share(m) > 0.07}
+    assert failing, stack.seen
+    expected = {("ServekitRequestsRejected", "tiny_queue")} | {
+        ("ServekitHighErrorRatio", m) for m in failing
+    }
+
     def pending() -> set[tuple[str, str]]:
         return {
             (a["labels"]["alertname"], a["labels"].get("model", ""))
             for a in p.api("alerts")["alerts"]
         }
 
-    wait_for(
-        lambda: (
-            {
-                ("ServekitRequestsRejected", "tiny_queue"),
-                ("ServekitHighErrorRatio", "tiny_queue"),
-            }
-            <= pending()
-        ),
-        "the rejection and error-ratio alerts of tiny_queue",
-    )
+    wait_for(lambda: expected <= pending(), f"the alerts {sorted(expected)}")
     firing_now = {a for a in pending() if a[0] in ("ServekitDown", "ServekitModelNotReady")}
     assert not firing_now, firing_now
 
