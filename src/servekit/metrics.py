@@ -19,7 +19,8 @@ workers a ready model has ``servekit_model_state{state="READY"} == 2``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -150,6 +151,15 @@ class ModelMetrics:
     m: Metrics
     model: str
     version: str
+    # Children written on every request, looked up once (labels() costs ~1 us a call).
+    _hot: dict[tuple[str, ...], Any] = field(default_factory=dict, repr=False)
+
+    def _child(self, metric: Any, *extra: str) -> Any:
+        key = (metric._name, *extra)
+        child = self._hot.get(key)
+        if child is None:
+            child = self._hot[key] = metric.labels(self.model, self.version, *extra)
+        return child
 
     def declare(self) -> None:
         """Create every series of a model version that serves, at zero.
@@ -175,30 +185,29 @@ class ModelMetrics:
 
     def success(self, seconds: float | None = None) -> None:
         """One request answered; ``seconds`` since it was queued, if known."""
-        self.m.requests.labels(self.model, self.version, "success", "").inc()
+        self._child(self.m.requests, "success", "").inc()
         if seconds is not None:
-            self.m.request_seconds.labels(self.model, self.version).observe(seconds)
+            self._child(self.m.request_seconds).observe(seconds)
 
     def failure(self, reason: str) -> None:
-        self.m.requests.labels(self.model, self.version, "failure", reason).inc()
+        self._child(self.m.requests, "failure", reason).inc()
 
     def queued(self, delta: int) -> None:
-        self.m.pending.labels(self.model, self.version).inc(delta)
+        self._child(self.m.pending).inc(delta)
 
     def batch(self, rows: int, queue_waits: list[float]) -> None:
-        labels = (self.model, self.version)
-        self.m.executions.labels(*labels).inc()
-        self.m.inferences.labels(*labels).inc(rows)
-        self.m.batch_size.labels(*labels).observe(rows)
-        hist = self.m.queue_seconds.labels(*labels)
+        self._child(self.m.executions).inc()
+        self._child(self.m.inferences).inc(rows)
+        self._child(self.m.batch_size).observe(rows)
+        hist = self._child(self.m.queue_seconds)
         for w in queue_waits:
             hist.observe(w)
 
     def compute(self, seconds: float) -> None:
-        self.m.compute_seconds.labels(self.model, self.version).observe(seconds)
+        self._child(self.m.compute_seconds).observe(seconds)
 
     def busy(self, delta: int) -> None:
-        self.m.busy_instances.labels(self.model, self.version).inc(delta)
+        self._child(self.m.busy_instances).inc(delta)
 
     def set_queue_capacity(self, n: int) -> None:
         self.m.queue_capacity.labels(self.model, self.version).set(n)

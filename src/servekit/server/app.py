@@ -22,7 +22,7 @@ from servekit.config import ServerSettings
 from servekit.metrics import Metrics
 from servekit.repository import ModelRegistry
 from servekit.server import admin, docs, errors, examples, health, monitoring, v1, v2
-from servekit.server.fastpath import DirectInference
+from servekit.server.fastpath import DirectInference, ServekitAPI
 from servekit.server.limits import BodySizeLimit
 from servekit.server.security import ModelAccess
 
@@ -86,7 +86,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         if metrics_server is not None:
             await asyncio.to_thread(metrics_server.shutdown)
 
-    app = FastAPI(
+    app = ServekitAPI(
         title="servekit",
         version=__version__,
         description=DESCRIPTION,
@@ -106,7 +106,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.include_router(v2.build_router())
     app.include_router(admin.build_router())
     # Innermost: inference POSTs skip FastAPI's routing and dependency machinery, after
-    # the access, size and metrics middleware like every request.
+    # the access, size and metrics middleware like every request (and ServekitAPI sends
+    # them to that middleware past FastAPI's outer layers).
     app.add_middleware(DirectInference, fastapi_app=app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(

@@ -1,17 +1,25 @@
 """A direct path to the inference endpoints, past FastAPI's per-request machinery.
 
-For every request FastAPI walks its routes, builds an exit stack, solves the endpoint's
-dependencies and wraps it in exception handling: on a small model that is about 40% of
-the CPU of a predict request (py-spy, see ``benchmarks/``). The predict and infer
-endpoints take only the request and path parameters and return a ``Response``, so
-none of that does anything for them. This middleware matches their POSTs with the
-routes' own regexes and convertors and awaits the endpoints directly; exceptions go to
-the app's own handlers, exactly as FastAPI would send them. The routes stay registered
-for everything else (OpenAPI, HTTP metric labels, other methods).
+For every request FastAPI runs its outer layers (server errors, telemetry, its body
+limit), walks its routes, builds an exit stack, solves the endpoint's dependencies and
+wraps it in exception handling. On a small model that was over half the CPU of a predict
+request (py-spy, see ``docs/architecture.md``). The predict and infer endpoints take
+only the request and path parameters and return a ``Response``, so none of it does
+anything for them. Two pieces skip it:
 
-A route qualifies only if its endpoint needs nothing FastAPI provides: no dependencies,
-no query, header, cookie or body parameters, no body size limit of its own. Anything
-else, now or after a change, is left to FastAPI.
+- ``ServekitAPI`` (the app class) sends a POST that matches an inference route straight
+  to the app's own middleware (metrics, CORS, API keys, body size: the same instances
+  every request goes through), past FastAPI's outer layers, and answers an unexpected
+  exception with the app's 500 handler as ``ServerErrorMiddleware`` would.
+- ``DirectInference``, the innermost middleware, awaits the matched endpoint directly;
+  its exceptions go to the app's own handlers, exactly as FastAPI would send them.
+
+Routes are matched with their own regexes and convertors. They stay registered for
+everything else (OpenAPI, HTTP metric labels, other methods). A route qualifies only if
+its endpoint needs nothing FastAPI provides: no dependencies, no query, header, cookie
+or body parameters, no body size limit of its own. Anything else, now or after a
+change, is left to FastAPI, and so is every request while FastAPI's native telemetry is
+on.
 """
 
 from __future__ import annotations
@@ -26,9 +34,10 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +45,9 @@ log = logging.getLogger(__name__)
 OPERATIONS = ("v1_predict", "v1_predict_version", "v2_infer", "v2_infer_version")
 
 Handler = Callable[[Request, Any], Response | Awaitable[Response]]
+
+# Scope key: the route ``ServekitAPI`` matched, so ``DirectInference`` need not match again.
+MATCHED = "servekit.direct_target"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,47 +89,145 @@ def _target(route: Any) -> _Target | None:
     return _Target(route.path_regex, route.param_convertors, original.endpoint, original)
 
 
+class _Targets:
+    """The qualifying inference routes of an app and its exception handlers, resolved
+    once at the first request (routes are all registered by then)."""
+
+    def __init__(self, fastapi_app: FastAPI) -> None:
+        self.targets = [t for r in _api_routes(fastapi_app.routes) if (t := _target(r))]
+        if len(self.targets) != len(OPERATIONS):
+            log.warning(
+                "direct inference path: %d of %d routes qualify; the others go through FastAPI",
+                len(self.targets),
+                len(OPERATIONS),
+            )
+        self.by_class: dict[type[BaseException], Handler] = {}
+        self.by_status: dict[int, Handler] = {}
+        for key, handler in fastapi_app.exception_handlers.items():
+            if key in (500, Exception):  # the outermost middleware's, as in Starlette
+                continue
+            if isinstance(key, int):
+                self.by_status[key] = handler
+            else:
+                self.by_class[key] = handler
+
+    def match(self, scope: Scope) -> tuple[_Target, re.Match[str]] | None:
+        path = _route_path(scope)
+        for target in self.targets:
+            match = target.regex.match(path)
+            if match is not None:
+                return target, match
+        return None
+
+    def handler(self, exc: Exception) -> Handler | None:
+        """The handler Starlette's ExceptionMiddleware would pick."""
+        if isinstance(exc, HTTPException) and exc.status_code in self.by_status:
+            return self.by_status[exc.status_code]
+        return next((self.by_class[c] for c in type(exc).__mro__ if c in self.by_class), None)
+
+
+class ServekitAPI(FastAPI):
+    """FastAPI whose inference POSTs skip its outer layers (see the module docstring)."""
+
+    _targets: _Targets | None = None
+    _user_stack: ASGIApp | None = None  # the outermost of the app's own middleware
+
+    def build_middleware_stack(self) -> ASGIApp:
+        # A marker outside every user middleware records where that chain starts.
+        self.user_middleware.insert(0, Middleware(_UserStackEntry, owner=self))
+        try:
+            return super().build_middleware_stack()
+        finally:
+            del self.user_middleware[0]
+
+    def direct_targets(self) -> _Targets:
+        if self._targets is None:
+            self._targets = _Targets(self)
+        return self._targets
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            if self.middleware_stack is None:
+                self.middleware_stack = self.build_middleware_stack()
+            found = self.direct_targets().match(scope)
+            if found is not None and self._user_stack is not None and not self._telemetry_on():
+                scope["app"] = self
+                scope[MATCHED] = found
+                await self._direct(self._user_stack, scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+    def _telemetry_on(self) -> bool:
+        native = getattr(self, "_native_telemetry", None)  # FastAPI >= 0.160
+        return native is not None and bool(native.enabled())
+
+    async def _direct(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+        """``app`` with ServerErrorMiddleware's contract: an exception nothing handled
+        gets the app's 500 handler's answer (if nothing was sent yet), then is re-raised
+        for the server to log."""
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await app(scope, receive, tracking_send)
+        except Exception as exc:
+            handler = self.exception_handlers.get(500) or self.exception_handlers.get(Exception)
+            if not started and handler is not None:
+                result = handler(Request(scope), exc)
+                response = await result if inspect.isawaitable(result) else result
+                await response(scope, receive, send)
+            raise
+
+
+class _UserStackEntry:
+    """Marks the start of the app's own middleware chain for ``ServekitAPI``."""
+
+    def __init__(self, app: ASGIApp, owner: ServekitAPI) -> None:
+        self.app = app
+        owner._user_stack = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
 class DirectInference:
     """ASGI middleware: POSTs to the inference routes go straight to their endpoints."""
 
     def __init__(self, app: ASGIApp, fastapi_app: FastAPI) -> None:
         self.app = app
         self.fastapi_app = fastapi_app
-        self._targets: list[_Target] | None = None  # resolved at the first request
-        self._by_class: dict[type[BaseException], Handler] = {}
-        self._by_status: dict[int, Handler] = {}
+        self._targets: _Targets | None = None
 
-    def _resolve(self) -> list[_Target]:
-        targets = [t for r in _api_routes(self.fastapi_app.routes) if (t := _target(r))]
-        if len(targets) != len(OPERATIONS):
-            log.warning(
-                "direct inference path: %d of %d routes qualify; the others go through FastAPI",
-                len(targets),
-                len(OPERATIONS),
-            )
-        for key, handler in self.fastapi_app.exception_handlers.items():
-            if key in (500, Exception):  # the outermost middleware's, as in Starlette
-                continue
-            if isinstance(key, int):
-                self._by_status[key] = handler
-            else:
-                self._by_class[key] = handler
-        return targets
+    def _resolved(self) -> _Targets:
+        if isinstance(self.fastapi_app, ServekitAPI):
+            return self.fastapi_app.direct_targets()
+        if self._targets is None:
+            self._targets = _Targets(self.fastapi_app)
+        return self._targets
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            if self._targets is None:
-                self._targets = self._resolve()
-            path = _route_path(scope)
-            for target in self._targets:
-                match = target.regex.match(path)
-                if match is not None:
-                    await self._call(target, match, scope, receive, send)
-                    return
+            targets = self._resolved()
+            found = scope.pop(MATCHED, None) or targets.match(scope)
+            if found is not None:
+                target, match = found
+                await self._call(targets, target, match, scope, receive, send)
+                return
         await self.app(scope, receive, send)
 
     async def _call(
-        self, target: _Target, match: re.Match[str], scope: Scope, receive: Receive, send: Send
+        self,
+        targets: _Targets,
+        target: _Target,
+        match: re.Match[str],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
     ) -> None:
         params = {k: target.convertors[k].convert(v) for k, v in match.groupdict().items()}
         scope["path_params"] = params
@@ -127,18 +237,12 @@ class DirectInference:
         try:
             response = await target.endpoint(request, **params)
         except Exception as exc:
-            handler = self._handler(exc)
+            handler = targets.handler(exc)
             if handler is None:
                 raise
             result = handler(request, exc)  # servekit's are async; a sync one runs inline
             response = await result if inspect.isawaitable(result) else result
         await response(scope, receive, send)
-
-    def _handler(self, exc: Exception) -> Handler | None:
-        """The handler Starlette's ExceptionMiddleware would pick."""
-        if isinstance(exc, HTTPException) and exc.status_code in self._by_status:
-            return self._by_status[exc.status_code]
-        return next((self._by_class[c] for c in type(exc).__mro__ if c in self._by_class), None)
 
 
 def _route_path(scope: Scope) -> str:

@@ -1,10 +1,11 @@
 """``/metrics`` and the HTTP metrics, for one server process or several.
 
-HTTP metrics come from prometheus-fastapi-instrumentator's middleware: requests by
-method, status and handler, latency histograms by handler, request and response sizes,
-and requests in progress. The handler label is the route's path template
-(``/v1/models/{model_name}:predict``), never a raw URL: requests that match no route
-are all counted as ``handler="none"``, so random URLs cannot create new series.
+HTTP metrics are prometheus-fastapi-instrumentator's default set (requests by method,
+status and handler, latency histograms by handler, request and response sizes) plus
+requests in progress, recorded by a lean middleware of servekit's own. The handler
+label is the route's path template (``/v1/models/{model_name}:predict``), never a raw
+URL: requests that match no route are all counted as ``handler="none"``, so random URLs
+cannot create new series.
 
 With ``PROMETHEUS_MULTIPROC_DIR`` set (``servekit serve --workers N`` sets it to a fresh
 temporary folder before the workers start), every process writes its values to files
@@ -21,26 +22,31 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import prometheus_client
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
+    Counter,
     Gauge,
+    Histogram,
     ProcessCollector,
+    Summary,
     generate_latest,
     multiprocess,
 )
-from prometheus_fastapi_instrumentator import metrics as http_metrics
-from prometheus_fastapi_instrumentator.middleware import PrometheusInstrumentatorMiddleware
+from prometheus_fastapi_instrumentator.routing import get_route_name
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from servekit.metrics import LATENCY_BUCKETS, Metrics
 
@@ -133,67 +139,184 @@ def _route_paths(routes: Iterable[BaseRoute], prefix: str = "") -> set[str]:
     return out
 
 
-class HttpMetricsMiddleware(PrometheusInstrumentatorMiddleware):
-    """The instrumentator's middleware with two fixes for a server open to any URL.
+class HttpMetrics:
+    """prometheus-fastapi-instrumentator's default HTTP metrics (same names, labels,
+    help and types, so its dashboards work) plus requests in progress, in ``registry``.
 
-    - Handler labels are only ever route templates or ``none``. The instrumentator
-      labels a request that would be redirected to add or drop a trailing slash
-      (``/v1/models/<anything>/``) with its raw path: one new series per URL.
-    - Requests in progress go to the app's registry (the instrumentator puts that
-      gauge in the global default registry, which ``/metrics`` does not serve).
+    - ``http_requests_total`` (method, status, handler)
+    - ``http_request_size_bytes``, ``http_response_size_bytes`` (handler): summaries of
+      the Content-Length headers
+    - ``http_request_duration_highr_seconds`` (no labels) and
+      ``http_request_duration_seconds`` (method, handler)
+    - ``http_requests_inprogress`` (method, handler)
+    """
+
+    def __init__(self, registry: CollectorRegistry, buckets: Sequence[float]) -> None:
+        self.total = Counter(
+            "http_requests_total",
+            "Total number of requests by method, status and handler.",
+            ("method", "status", "handler"),
+            registry=registry,
+        )
+        self.in_size = Summary(
+            "http_request_size_bytes",
+            "Content length of incoming requests by handler. Only value of header is "
+            "respected. Otherwise ignored. No percentile calculated. ",
+            ("handler",),
+            registry=registry,
+        )
+        self.out_size = Summary(
+            "http_response_size_bytes",
+            "Content length of outgoing responses by handler. Only value of header is "
+            "respected. Otherwise ignored. No percentile calculated. ",
+            ("handler",),
+            registry=registry,
+        )
+        self.latency_highr = Histogram(
+            "http_request_duration_highr_seconds",
+            "Latency with many buckets but no API specific labels. Made for more "
+            "accurate percentile calculations. ",
+            buckets=buckets,
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "http_request_duration_seconds",
+            "Latency with only few buckets by handler. Made to be only used if "
+            "aggregation by handler is important. ",
+            ("method", "handler"),
+            buckets=buckets,
+            registry=registry,
+        )
+        self.inprogress = Gauge(
+            "http_requests_inprogress",
+            "HTTP requests in progress, by method and handler.",
+            ("method", "handler"),
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+
+
+@dataclass(slots=True)
+class _Series:
+    """The labelled children one (method, handler) writes to, looked up once."""
+
+    inprogress: Any
+    in_size: Any
+    out_size: Any
+    latency: Any
+    handler: str
+    total: dict[int, Any] = field(default_factory=dict)  # by status code
+
+
+class HttpMetricsMiddleware:
+    """Pure ASGI middleware recording ``HttpMetrics`` for every request.
+
+    The handler label is only ever a route template or ``none``: resolved with the
+    instrumentator's route matcher, and anything that is not one of the app's templates
+    (an unmatched URL, or one the router would redirect to add or drop a trailing
+    slash) is ``none``, so random URLs cannot create series. The label children are
+    looked up once per (method, path): the instrumentator's own middleware builds a
+    Request, a Response, an Info and a gather() per request and matches the routes a
+    second time, about a fifth of the CPU of a small predict request (py-spy).
     """
 
     def __init__(
         self,
         app: ASGIApp,
         *,
-        registry: CollectorRegistry,
-        instrumentations: Sequence[Callable[[http_metrics.Info], None]],
-        inprogress: Gauge,
+        metrics: HttpMetrics,
         excluded_handlers: Sequence[str] = (),
     ) -> None:
-        super().__init__(
-            app,
-            registry=registry,
-            instrumentations=instrumentations,
-            excluded_handlers=excluded_handlers,
-            should_group_status_codes=False,
-            should_group_untemplated=True,
-            should_instrument_requests_inprogress=False,
-        )
-        self.should_instrument_requests_inprogress = True
-        self.inprogress_labels = True
-        self.inprogress = inprogress
+        self.app = app
+        self.metrics = metrics
+        self.excluded = [re.compile(p) for p in excluded_handlers]
         self._templates: set[str] = set()
         self._routes_seen = -1
-        # Handlers already resolved, by (method, root path, path). Resolving matches the
-        # request against every route, a second time after the router: ~15% of the
-        # CPU of a small predict request. Bounded: paths are whatever clients send.
-        self._resolved: dict[tuple[str, str, str], tuple[str, bool]] = {}
+        # By (method, root path, path); None for excluded handlers. Bounded: paths and
+        # methods are whatever clients send.
+        self._resolved: dict[tuple[str, str, str], _Series | None] = {}
 
-    def _get_handler(self, request: Request) -> tuple[str, bool]:
-        routes = request.app.routes
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        series = self._series(scope)
+        if series is None:
+            await self.app(scope, receive, send)
+            return
+        status = 500  # if the app raises before it answers
+        out_size = 0
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, out_size
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                for key, value in message.get("headers", ()):
+                    if key.lower() == b"content-length":
+                        out_size = int(value)
+                        break
+            await send(message)
+
+        series.inprogress.inc()
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            duration = time.perf_counter() - start
+            series.inprogress.dec()
+            total = series.total.get(status)
+            if total is None:
+                total = series.total[status] = self.metrics.total.labels(
+                    scope["method"], str(status), series.handler
+                )
+            total.inc()
+            series.in_size.observe(_content_length(scope))
+            series.out_size.observe(out_size)
+            self.metrics.latency_highr.observe(duration)
+            series.latency.observe(duration)
+
+    def _series(self, scope: Scope) -> _Series | None:
+        app = scope.get("app")
+        routes = getattr(app, "routes", ())
         if len(routes) != self._routes_seen:
             self._templates = route_templates(routes)
             self._routes_seen = len(routes)
             self._resolved.clear()
-        scope = request.scope
         key = (scope["method"], scope.get("root_path", ""), scope["path"])
-        found = self._resolved.get(key)
-        if found is None:
-            if len(self._resolved) >= RESOLVED_HANDLERS_KEPT:
-                self._resolved.clear()  # many distinct URLs: start again, never grow
-            found = self._resolved[key] = self._resolve_handler(request)
+        try:
+            return self._resolved[key]
+        except KeyError:
+            pass
+        if len(self._resolved) >= RESOLVED_HANDLERS_KEPT:
+            self._resolved.clear()  # many distinct URLs: start again, never grow
+        handler = self._handler(scope)
+        found = None
+        if not any(p.search(handler) for p in self.excluded):
+            m, method = self.metrics, scope["method"]
+            found = _Series(
+                inprogress=m.inprogress.labels(method, handler),
+                in_size=m.in_size.labels(handler),
+                out_size=m.out_size.labels(handler),
+                latency=m.latency.labels(method, handler),
+                handler=handler,
+            )
+        self._resolved[key] = found
         return found
 
-    def _resolve_handler(self, request: Request) -> tuple[str, bool]:
-        handler, templated = super()._get_handler(request)
-        if not templated:
-            return UNMATCHED, False
-        handler = template(handler)
-        if handler not in self._templates:
-            return UNMATCHED, False
-        return handler, True
+    def _handler(self, scope: Scope) -> str:
+        request = Request(scope)
+        name = get_route_name(request, should_include_root_path=False)
+        if name is None:
+            return UNMATCHED
+        name = template(name)
+        return name if name in self._templates else UNMATCHED
+
+
+def _content_length(scope: Scope) -> int:
+    for key, value in scope.get("headers", ()):
+        if key == b"content-length":
+            return int(value) if value.isdigit() else 0
+    return 0
 
 
 def _metrics_response(registry: CollectorRegistry) -> Response:
@@ -249,25 +372,10 @@ def install(app: FastAPI, metrics: Metrics, *, serve_route: bool = True) -> None
         # scrape would describe whichever worker answered it.)
         ProcessCollector(registry=metrics.registry)
 
-    instrumentation = http_metrics.default(
-        latency_highr_buckets=LATENCY_BUCKETS,
-        latency_lowr_buckets=LATENCY_BUCKETS,
-        registry=metrics.registry,
-    )
-    # Made here, not in the middleware: Starlette may build its middleware stack again.
-    inprogress = Gauge(
-        "http_requests_inprogress",
-        "HTTP requests in progress, by method and handler.",
-        ("method", "handler"),
-        registry=metrics.registry,
-        multiprocess_mode="livesum",
-    )
     app.add_middleware(
         HttpMetricsMiddleware,
-        registry=metrics.registry,
-        inprogress=inprogress,
+        metrics=HttpMetrics(metrics.registry, LATENCY_BUCKETS),
         excluded_handlers=[f"^{re.escape(METRICS_PATH)}$"],
-        instrumentations=[instrumentation] if instrumentation else [],
     )
 
     if not serve_route:
