@@ -49,6 +49,7 @@ import argparse
 import itertools
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -116,11 +117,27 @@ def _convert(fn: tf.types.experimental.PolymorphicFunction) -> bytes:
     return bytes(converter.convert())
 
 
-MODELS: dict[str, tuple[Callable[[], bytes], str, tuple[int, ...]]] = {
-    "tiny": (_dense_stack([64, 64, 10]), "x", (64,)),
-    "wide": (_dense_stack([512, WIDE_WIDTH, WIDE_WIDTH, 10]), "x", (512,)),
-    "mobilenet_v2": (_mobilenet_v2, "image", (224, 224, 3)),
-}
+@dataclass(frozen=True)
+class Recipe:
+    """How one benchmark model is made; ``description`` names everything that shapes
+    the file, so a built file whose stamp differs is stale."""
+
+    description: str
+    make: Callable[[], bytes]
+    input_name: str
+    row_shape: tuple[int, ...]
+
+
+def _dense(sizes: list[int]) -> Recipe:
+    return Recipe(f"dense {'-'.join(map(str, sizes))}", _dense_stack(sizes), "x", (sizes[0],))
+
+
+def recipes(wide_width: int = WIDE_WIDTH) -> dict[str, Recipe]:
+    return {
+        "tiny": _dense([64, 64, 10]),
+        "wide": _dense([512, wide_width, wide_width, 10]),
+        "mobilenet_v2": Recipe("mobilenet_v2", _mobilenet_v2, "image", (224, 224, 3)),
+    }
 
 
 def check(path: Path, input_name: str, row_shape: tuple[int, ...]) -> None:
@@ -139,26 +156,23 @@ def build(
     only: list[str] | None = None,
     wide_width: int = WIDE_WIDTH,
 ) -> Path:
-    models = {**MODELS, "wide": (_dense_stack([512, wide_width, wide_width, 10]), "x", (512,))}
-    for name, (make, input_name, row_shape) in models.items():
+    for name, recipe in recipes(wide_width).items():
         if only and name not in only:
             continue
         path = out / name / "1" / "model.tflite"
-        # What the file was built as: a changed recipe (e.g. another width) rebuilds it.
-        stamp = out / name / "BUILT_AS"
-        recipe = f"{name} {wide_width if name == 'wide' else ''}".strip()
-        stale = not stamp.is_file() or stamp.read_text() != recipe
+        stamp = out / name / "BUILT_AS"  # the recipe it was built from
+        stale = not stamp.is_file() or stamp.read_text() != recipe.description
         if path.is_file() and not force and not stale:
             print(f"{path}: exists ({path.stat().st_size / 1e6:.1f} MB)")
             continue
         t = time.perf_counter()
-        content = make()
+        content = recipe.make()
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)
-        check(path, input_name, row_shape)
-        stamp.write_text(recipe)
+        check(path, recipe.input_name, recipe.row_shape)
+        stamp.write_text(recipe.description)
         print(
-            f"{path}: {len(content) / 1e6:.1f} MB, input {input_name!r}, built and checked "
+            f"{path}: {len(content) / 1e6:.1f} MB, input {recipe.input_name!r}, built and checked "
             f"in {time.perf_counter() - t:.1f} s"
         )
     return out
@@ -168,7 +182,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--force", action="store_true", help="rebuild existing files")
-    parser.add_argument("--only", nargs="*", choices=list(MODELS), help="build just these")
+    parser.add_argument("--only", nargs="*", choices=list(recipes()), help="build just these")
     parser.add_argument(
         "--wide-width", type=int, default=WIDE_WIDTH, help="hidden units of the wide model"
     )

@@ -152,10 +152,10 @@ class ModelMetrics:
     model: str
     version: str
     # Children written on every request, looked up once (labels() costs ~1 us a call).
-    _hot: dict[tuple[str, ...], Any] = field(default_factory=dict, repr=False)
+    _hot: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False)
 
     def _child(self, metric: Any, *extra: str) -> Any:
-        key = (metric._name, *extra)
+        key = (metric, *extra)
         child = self._hot.get(key)
         if child is None:
             child = self._hot[key] = metric.labels(self.model, self.version, *extra)

@@ -198,21 +198,13 @@ class _UserStackEntry:
 class DirectInference:
     """ASGI middleware: POSTs to the inference routes go straight to their endpoints."""
 
-    def __init__(self, app: ASGIApp, fastapi_app: FastAPI) -> None:
+    def __init__(self, app: ASGIApp, fastapi_app: ServekitAPI) -> None:
         self.app = app
         self.fastapi_app = fastapi_app
-        self._targets: _Targets | None = None
-
-    def _resolved(self) -> _Targets:
-        if isinstance(self.fastapi_app, ServekitAPI):
-            return self.fastapi_app.direct_targets()
-        if self._targets is None:
-            self._targets = _Targets(self.fastapi_app)
-        return self._targets
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            targets = self._resolved()
+            targets = self.fastapi_app.direct_targets()
             found = scope.pop(MATCHED, None) or targets.match(scope)
             if found is not None:
                 target, match = found

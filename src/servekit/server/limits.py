@@ -91,17 +91,18 @@ async def unless_disconnected(request: Request, pending: Coroutine[Any, Any, T])
     """
     task = asyncio.current_task()
     assert task is not None
-    state = {"finished": False, "gone": False}
+    finished = gone = False
 
     async def disconnected() -> None:
         while (await request.receive())["type"] != "http.disconnect":
             pass
 
     def on_watcher_done(watcher: asyncio.Future[None]) -> None:
-        if watcher.cancelled() or state["finished"]:
+        nonlocal gone
+        if watcher.cancelled() or finished:
             return
         watcher.exception()  # retrieved: a receive() that failed counts as gone too
-        state["gone"] = True
+        gone = True
         task.cancel()
 
     watcher = asyncio.ensure_future(disconnected())
@@ -109,10 +110,10 @@ async def unless_disconnected(request: Request, pending: Coroutine[Any, Any, T])
     try:
         return await pending
     except asyncio.CancelledError:
-        if not state["gone"]:
+        if not gone:
             raise
         task.uncancel()
         raise ClientDisconnected("the client disconnected before the result was ready") from None
     finally:
-        state["finished"] = True
+        finished = True
         watcher.cancel()

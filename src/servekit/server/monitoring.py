@@ -252,10 +252,7 @@ class HttpMetricsMiddleware:
             nonlocal status, out_size
             if message["type"] == "http.response.start":
                 status = message["status"]
-                for key, value in message.get("headers", ()):
-                    if key.lower() == b"content-length":
-                        out_size = int(value)
-                        break
+                out_size = _content_length(message.get("headers", ()))
             await send(message)
 
         series.inprogress.inc()
@@ -270,7 +267,7 @@ class HttpMetricsMiddleware:
                     scope["method"], str(status), series.handler
                 )
             total.inc()
-            series.in_size.observe(_content_length(scope))
+            series.in_size.observe(_content_length(scope.get("headers", ())))
             series.out_size.observe(out_size)
             self.metrics.latency_highr.observe(duration)
             series.latency.observe(duration)
@@ -312,9 +309,11 @@ class HttpMetricsMiddleware:
         return name if name in self._templates else UNMATCHED
 
 
-def _content_length(scope: Scope) -> int:
-    for key, value in scope.get("headers", ()):
-        if key == b"content-length":
+def _content_length(headers: Iterable[tuple[bytes, bytes]]) -> int:
+    """The Content-Length of raw ASGI headers (a request's or a response's); 0 if absent
+    or not a number."""
+    for key, value in headers:
+        if key.lower() == b"content-length":
             return int(value) if value.isdigit() else 0
     return 0
 
