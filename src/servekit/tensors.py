@@ -169,7 +169,9 @@ def coerce_array(name: str, arr: Array, spec: TensorSpec) -> Array:
     if want.kind == "f" and kind in ("f", "i", "u", "b"):
         with np.errstate(over="ignore"):
             out = arr.astype(want)
-        if kind == "f" and np.isfinite(arr).all() and not np.isfinite(out).all():
+        # An infinity in ``out`` that was finite in ``arr`` overflowed (the usual case,
+        # a finite ``out``, is settled by the first test alone).
+        if kind == "f" and not np.isfinite(out).all() and np.isfinite(arr).all():
             raise BadInput(f"input '{name}': values overflow {want.name}")
         return out
     raise BadInput(f"input '{name}': expected {want.name}, got {arr.dtype.name}")

@@ -110,11 +110,12 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     # them to that middleware past FastAPI's outer layers).
     app.add_middleware(DirectInference, fastapi_app=app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(
-        ModelAccess,
-        api_keys=[k.get_secret_value().encode() for k in settings.api_keys],
-        max_inflight=settings.max_inflight_requests,
-    )
+    if settings.api_keys or settings.max_inflight_requests:  # nothing to do otherwise
+        app.add_middleware(
+            ModelAccess,
+            api_keys=[k.get_secret_value().encode() for k in settings.api_keys],
+            max_inflight=settings.max_inflight_requests,
+        )
     if settings.cors_origins:  # off unless configured
         app.add_middleware(
             CORSMiddleware,
