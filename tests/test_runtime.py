@@ -8,6 +8,7 @@ import pytest
 from conftest import MODELS, digits_rows, direct_predict, model_path
 from servekit.errors import BadInput
 from servekit.runtime import TFLiteModel, read_model_bytes
+from servekit.runtime.model import padding_plan
 
 
 def load(name: str) -> TFLiteModel:
@@ -53,6 +54,35 @@ def test_padding_to_bucket_matches_direct_interpreter(rows: int) -> None:
     want = direct_predict("digits", {"pixels": x})["probabilities"]
     assert got.shape == (rows, 10)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_padding_plan_pads_when_batches_cost_the_same() -> None:
+    # Memory-bound: a batch of 8 costs what a batch of 1 does, so every count is padded.
+    plan = padding_plan({1: 1.0, 2: 1.0, 4: 1.05, 8: 1.1})
+    assert plan[3] == ((3, 4),) and plan[5] == ((5, 8),) and plan[8] == ((8, 8),)
+
+
+def test_padding_plan_splits_when_compute_grows_with_rows() -> None:
+    # Compute-bound: cost per row; padding 3 rows to 4 wastes a row, 5 to 8 three.
+    plan = padding_plan({1: 1.0, 2: 2.0, 4: 4.0, 8: 8.0})
+    assert plan[3] == ((2, 2), (1, 1))
+    assert plan[5] == ((4, 4), (1, 1))
+    assert plan[7] == ((4, 4), (2, 2), (1, 1))
+    assert all(sum(n for n, _ in p) == rows for rows, p in plan.items())
+    # A split that is not clearly cheaper (within timing noise) is not taken.
+    assert padding_plan({1: 1.0, 2: 1.0, 4: 2.1})[3] == ((3, 4),)
+
+
+def test_split_plan_matches_direct_interpreter() -> None:
+    m = load("digits")
+    assert m.prepare([1, 2, 4, 8])
+    m._plan = padding_plan({1: 1.0, 2: 2.0, 4: 4.0, 8: 8.0})  # as a conv net would time
+    for rows in (3, 7):
+        x = digits_rows(rows)
+        got = m.run({"pixels": x})["probabilities"]
+        want = direct_predict("digits", {"pixels": x})["probabilities"]
+        assert got.shape == (rows, 10)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_conv_model_batches() -> None:
