@@ -115,8 +115,11 @@ def padding_plan(costs: Mapping[int, float]) -> dict[int, Plan]:
             for b in buckets
             if b < rows
         ]
-        if splits and (split := min(splits))[0] < SPLIT_GAIN * costs[pad]:
-            best[rows] = split
+        if splits:
+            # The cheapest split; of equal ones, the one with the fewest invokes.
+            cost, plan = min(splits, key=lambda c: (c[0], len(c[1])))
+            if cost < SPLIT_GAIN * costs[pad]:
+                best[rows] = (cost, tuple(sorted(plan, reverse=True)))  # largest first
     return {rows: plan for rows, (_, plan) in best.items() if rows}
 
 
