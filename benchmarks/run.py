@@ -468,6 +468,21 @@ def bench_model(
     want = reference_output(case, path, x)
     serve_args = ["--log-level", "warning"] + (["--workers", str(workers)] if workers > 1 else [])
 
+    def measure(server_url: str, pid: int) -> list[dict[str, Any]]:
+        """This model's request at every concurrency against one server."""
+        return measure_points(
+            wrk,
+            server_url,
+            request.path,
+            pid,
+            body_file,
+            request.content_type,
+            header_length,
+            concurrencies,
+            seconds,
+            warmup,
+        )
+
     result: dict[str, Any] = {"raw": raw}
     response: tuple[bytes, str, str | None] | None = None
     for variant, mbs in (("batching_on", case.max_batch_size), ("batching_off", 1)):
@@ -491,36 +506,14 @@ def bench_model(
             result[variant] = {
                 "max_batch_size": mbs,
                 "startup_rss_mb": rss_mb(server.proc.pid),
-                "points": measure_points(
-                    wrk,
-                    server.url,
-                    request.path,
-                    server.proc.pid,
-                    body_file,
-                    request.content_type,
-                    header_length,
-                    concurrencies,
-                    seconds,
-                    warmup,
-                ),
+                "points": measure(server.url, server.proc.pid),
             }
     assert response is not None
     print("  bare ASGI floor:", flush=True)
     with BareServer(case.model, *response, workers=workers) as bare:
         result["bare_asgi"] = {
             "response_bytes": len(response[0]),
-            "points": measure_points(
-                wrk,
-                bare.url,
-                request.path,
-                bare.proc.pid,
-                body_file,
-                request.content_type,
-                header_length,
-                concurrencies,
-                seconds,
-                warmup,
-            ),
+            "points": measure(bare.url, bare.proc.pid),
         }
     return {
         "model": case.model,
@@ -566,7 +559,7 @@ def cpu_bound(result: dict[str, Any], concurrency: int, cpus: int) -> float | No
     answer at most ``cpus`` over that sum per second.
     """
     raw, bare = result["raw"], point(result, "bare_asgi", concurrency)
-    if bare is None or not bare["throughput_rps"] or "client_cpu_cores" not in bare:
+    if bare is None or not bare["throughput_rps"]:
         return None
     compute = raw["threads"] / raw["samples_per_s"]
     transport = (bare["server_cpu_cores"] + bare["client_cpu_cores"]) / bare["throughput_rps"]

@@ -91,7 +91,7 @@ def _read_signature(interp: Any) -> ModelSignature:
 # How a row count runs: (rows, bucket) per invoke, in order.
 Plan = tuple[tuple[int, int], ...]
 
-# A split must beat padding by this much to be chosen: warm-up timings are single runs.
+# A split must beat padding by this much to be chosen: warm-up timings are noisy.
 SPLIT_GAIN = 0.9
 
 
@@ -272,22 +272,18 @@ class TFLiteModel:
     def run(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
         """Run a batch of any row count; the caller has validated shapes and dtypes."""
         rows = len(next(iter(inputs.values())))
+        plan = self._plan.get(rows)
+        if plan is None:
+            # Not batchable (or over the largest bucket): full chunks, the last padded.
+            step = self._buckets[-1] if self._buckets else self._chunk
+            plan = tuple((min(step, rows - start), step) for start in range(0, rows, step))
         try:
-            plan = self._plan.get(rows)
-            if plan is not None and len(plan) == 1:
+            if len(plan) == 1:
                 return self._run_chunk(inputs, 0, rows, plan[0][1])
-            if plan is not None:  # cheaper in several invokes than padded to one bucket
-                parts, start = [], 0
-                for n, bucket in plan:
-                    parts.append(self._run_chunk(inputs, start, start + n, bucket))
-                    start += n
-            else:
-                # Not batchable (or over the largest bucket): one invoke per chunk of rows.
-                step = self._buckets[-1] if self._buckets else self._chunk
-                parts = [
-                    self._run_chunk(inputs, start, min(start + step, rows), step)
-                    for start in range(0, rows, step)
-                ]
+            parts, start = [], 0
+            for n, bucket in plan:
+                parts.append(self._run_chunk(inputs, start, start + n, bucket))
+                start += n
         except (ValueError, RuntimeError) as e:
             raise InferenceFailed(f"interpreter failed: {e}") from e
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
