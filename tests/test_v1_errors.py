@@ -157,6 +157,13 @@ CASES = [
         ["'instances' must be a list"],
     ),
     (
+        "float32-overflow",
+        "/v1/models/digits:predict",
+        {"instances": [[1e39, *ROW[1:]]]},
+        400,
+        ["'pixels'", "overflow float32"],
+    ),
+    (
         "scalar-input",
         "/v1/models/digits:predict",
         {"inputs": {"pixels": 3.0}},
