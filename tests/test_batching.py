@@ -13,11 +13,13 @@ from collections.abc import AsyncIterator, Mapping
 import numpy as np
 import pytest
 
-from conftest import digits_rows, direct_predict, model_path
+from conftest import MODELS, digits_rows, direct_predict, model_path
 from servekit.batching import Batcher
+from servekit.config import ModelConfig
 from servekit.errors import DeadlineExceeded, Overloaded
 from servekit.metrics import Metrics
 from servekit.pool import InstancePool
+from servekit.repository import ModelSource, ServedModel
 from servekit.runtime import TFLiteModel, read_model_bytes
 from servekit.tensors import Array
 
@@ -172,3 +174,53 @@ async def test_priority_orders_the_queue(gated: tuple[Batcher, GatedModel, Metri
     model.release.set()
     await asyncio.wait_for(asyncio.gather(blocker, low, high), 10)
     assert model.batches == [1, 3, 2]
+
+
+SLOW = MODELS / "slow" / "slow" / "1" / "model.tflite"  # ~17 ms an invoke
+
+
+@pytest.mark.parametrize(
+    ("name", "config", "where"),
+    [
+        ("digits", ModelConfig(), "inline"),  # its batch of 32 computes in microseconds
+        ("slow", ModelConfig(max_batch_size=2), "thread"),
+        ("digits", ModelConfig(execution="thread"), "thread"),
+        ("digits", ModelConfig(instances=2), "thread"),  # instances are for several cores
+        ("slow", ModelConfig(max_batch_size=2, execution="inline"), "inline"),
+    ],
+)
+async def test_batches_run_where_the_config_and_the_warm_up_timing_say(
+    name: str, config: ModelConfig, where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran_in: list[int] = []
+    real_run = TFLiteModel.run
+
+    def spied_run(self: TFLiteModel, inputs: Mapping[str, Array]) -> dict[str, Array]:
+        ran_in.append(threading.get_ident())
+        return real_run(self, inputs)
+
+    path = model_path("digits") if name == "digits" else SLOW
+    served = ServedModel(ModelSource(name, 1, path, None), config, Metrics())
+    await served.load()
+    monkeypatch.setattr(TFLiteModel, "run", spied_run)
+    try:
+        assert served.execution == where
+        assert served.metadata()["batching"]["execution"] == where
+        key = served.inputs[0].name
+        x = digits_rows(3) if name == "digits" else np.linspace(-1, 1, 192).reshape(3, 64)
+        x = x.astype(np.float32)
+        out = await asyncio.gather(*(served.infer({key: x[i : i + 1]}) for i in range(3)))
+        if name == "digits":
+            want = direct_predict("digits", {key: x})["probabilities"]
+            got = np.concatenate([o["probabilities"] for o in out])
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        assert len(ran_in) >= 1
+        on_loop = {t == threading.get_ident() for t in ran_in}
+        assert on_loop == {where == "inline"}
+    finally:
+        await served.unload(5)
+
+
+def test_inline_execution_takes_one_instance() -> None:
+    with pytest.raises(ValueError, match="instances must be 1"):
+        ModelConfig(execution="inline", instances=2)

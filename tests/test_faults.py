@@ -45,22 +45,32 @@ class Breakable(TFLiteModel):
         return super().run(inputs)
 
 
-@pytest.fixture()
-def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ServedModel:
+# Both ways a batch runs: in the instances' threads, and on the event loop itself.
+@pytest.fixture(
+    params=[
+        ModelConfig(instances=2, max_batch_size=8, execution="thread"),
+        ModelConfig(instances=1, max_batch_size=8, execution="inline"),
+    ],
+    ids=["threads", "inline"],
+)
+def served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> ServedModel:
     Breakable.broken.clear()
     Breakable.builds_fail.clear()
     Breakable.builds = 0
     monkeypatch.setattr(repository_module, "TFLiteModel", Breakable)
     shutil.copytree(REPO / "digits", tmp_path / "digits")
     source = ModelSource("digits", 1, tmp_path / "digits" / "1" / "model.tflite", None)
-    return ServedModel(source, ModelConfig(instances=2, max_batch_size=8), Metrics())
+    return ServedModel(source, request.param, Metrics())
 
 
 async def test_broken_instance_is_replaced_and_serving_goes_on(served: ServedModel) -> None:
     await served.load()
     x = {"pixels": digits_rows(2)}
     assert (await served.infer(x))["probabilities"].shape == (2, 10)
-    assert Breakable.builds == 2
+    instances = served.config.instances
+    assert Breakable.builds == instances
 
     # The interpreters break: a request fails, the instance finds it can no longer run
     # a warm-up row and builds a fresh interpreter (which works again).
@@ -77,7 +87,7 @@ async def test_broken_instance_is_replaced_and_serving_goes_on(served: ServedMod
             await served.infer(x)
     finally:
         Breakable.__init__ = original_init  # type: ignore[method-assign]
-    assert Breakable.builds == 3  # one replacement
+    assert Breakable.builds == instances + 1  # one replacement
     out = await served.infer(x)
     want = direct_predict("digits", x)["probabilities"]
     np.testing.assert_allclose(out["probabilities"], want, rtol=1e-5, atol=1e-6)
@@ -90,7 +100,7 @@ async def test_model_goes_unavailable_when_no_instance_can_be_restored(served: S
     x = {"pixels": digits_rows(1)}
     Breakable.broken.set()
     Breakable.builds_fail.set()
-    for _ in range(2):  # each of the 2 instances fails once and cannot be rebuilt
+    for _ in range(served.config.instances):  # each fails once and cannot be rebuilt
         with pytest.raises((InferenceFailed, NotReady)):
             await served.infer(x)
     assert served.state == "UNAVAILABLE"

@@ -159,7 +159,9 @@ class ServedModel:
                 m.prepare(buckets, samples)
                 return m
 
-            pool = InstancePool(make_instance, self.config.instances, mm, f"{self.name}")
+            pool = InstancePool(
+                make_instance, self.config.instances, mm, self.name, self.config.execution
+            )
             first = await pool.start()
         except Exception as e:
             mm.load_failed()
@@ -196,10 +198,11 @@ class ServedModel:
         mm.loaded(time.perf_counter() - start)
         self._set_state("READY")
         log.info(
-            "model %s v%s ready: %d instance(s), buckets %s, runtime %s",
+            "model %s v%s ready: %d instance(s) (%s), buckets %s, runtime %s",
             self.name,
             self.version,
             self.config.instances,
+            "inline on the event loop" if pool.inline else "threads",
             self.buckets or "none",
             runtime_name(),
         )
@@ -230,6 +233,13 @@ class ServedModel:
         mm = self.metrics.for_model(self.name, str(self.version))
         mm.state(self.state)
         mm.set_instances(self._pool.size if self._pool else 0)
+
+    @property
+    def execution(self) -> str:
+        """Where batches run: 'inline' (the event loop) or 'thread'; '' until loaded."""
+        if self._pool is None:
+            return ""
+        return "inline" if self._pool.inline else "thread"
 
     @property
     def ready(self) -> bool:
@@ -299,6 +309,7 @@ class ServedModel:
                 "buckets": self.buckets,
                 "max_queue_delay_ms": self.config.max_queue_delay_ms,
                 "instances": self.config.instances,
+                "execution": self.execution,
             },
         }
 

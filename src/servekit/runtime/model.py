@@ -141,6 +141,9 @@ class TFLiteModel:
         self._samples: Mapping[str, Array] | None = None
         # rows -> the invokes that run them (see ``padding_plan``), for batchable models.
         self._plan: dict[int, Plan] = {}
+        # The longest one invoke takes (the largest bucket, or one chunk), timed warm at
+        # ``prepare``; infinite until then.
+        self.slowest_invoke_s = float("inf")
 
     @property
     def batchable(self) -> bool:
@@ -185,10 +188,13 @@ class TFLiteModel:
         if ok:
             self._buckets = sorted(buckets)
             self._plan = padding_plan(costs)
+            self.slowest_invoke_s = max(costs.values(), default=0.0)
             return True
         # Go back to the shapes in the file and serve one chunk per invoke.
         self._buckets = []
-        self._invoke_at(self._chunk, self._warmup_batch(self._chunk, samples))
+        chunk = self._warmup_batch(self._chunk, samples)
+        self._invoke_at(self._chunk, chunk)
+        self.slowest_invoke_s = self._time_invoke(self._chunk, chunk)
         return False
 
     def _time_invoke(self, rows: int, batch: Mapping[str, Array]) -> float:
