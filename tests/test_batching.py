@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Mapping
 import numpy as np
 import pytest
 
+import servekit.pool as pool_module
 from conftest import MODELS, digits_rows, direct_predict, model_path
 from servekit.batching import Batcher
 from servekit.config import ModelConfig
@@ -187,11 +188,18 @@ SLOW = MODELS / "slow" / "slow" / "1" / "model.tflite"  # ~17 ms an invoke
         ("digits", ModelConfig(execution="thread"), "thread"),
         ("digits", ModelConfig(instances=2), "thread"),  # instances are for several cores
         ("slow", ModelConfig(max_batch_size=2, execution="inline"), "inline"),
+        # Fixed batch of 1: a batch of 8 rows is 8 invokes, one of 4096 rows 4096.
+        ("fixed", ModelConfig(max_batch_size=8), "inline"),
+        ("fixed", ModelConfig(max_batch_size=4096), "thread"),
     ],
 )
 async def test_batches_run_where_the_config_and_the_warm_up_timing_say(
     name: str, config: ModelConfig, where: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A threshold well clear of both sides (digits: microseconds a batch; slow: ~17 ms an
+    # invoke; fixed: 4096 invokes of several microseconds), so that a loaded machine's
+    # warm-up timings cannot flip the choice the way they could near 0.2 ms.
+    monkeypatch.setattr(pool_module, "INLINE_MAX_BATCH_S", 0.002)
     ran_in: list[int] = []
     real_run = TFLiteModel.run
 
@@ -199,7 +207,7 @@ async def test_batches_run_where_the_config_and_the_warm_up_timing_say(
         ran_in.append(threading.get_ident())
         return real_run(self, inputs)
 
-    path = model_path("digits") if name == "digits" else SLOW
+    path = SLOW if name == "slow" else model_path(name)
     served = ServedModel(ModelSource(name, 1, path, None), config, Metrics())
     await served.load()
     monkeypatch.setattr(TFLiteModel, "run", spied_run)
@@ -207,10 +215,10 @@ async def test_batches_run_where_the_config_and_the_warm_up_timing_say(
         assert served.execution == where
         assert served.metadata()["batching"]["execution"] == where
         key = served.inputs[0].name
-        x = digits_rows(3) if name == "digits" else np.linspace(-1, 1, 192).reshape(3, 64)
+        x = np.linspace(-1, 1, 192).reshape(3, 64) if name == "slow" else digits_rows(3)
         x = x.astype(np.float32)
         out = await asyncio.gather(*(served.infer({key: x[i : i + 1]}) for i in range(3)))
-        if name == "digits":
+        if name != "slow":
             want = direct_predict("digits", {key: x})["probabilities"]
             got = np.concatenate([o["probabilities"] for o in out])
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

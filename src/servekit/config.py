@@ -45,8 +45,10 @@ class ModelConfig(BaseModel):
             "Where invokes run: 'thread' (each instance in its own thread; invoke "
             "releases the GIL, so instances use several cores), 'inline' (on the event "
             "loop: one instance, no thread hand-off, for models that compute in less time "
-            "than a hand-off costs), or 'auto' (inline when there is one instance and its "
-            "largest batch computes in under 0.2 ms at warm-up, else thread)."
+            "than a hand-off costs; the loop does nothing else while a batch computes), "
+            "or 'auto' (inline when there is one instance, no input has a variable inner "
+            "dimension and the largest batch computed in under 0.2 ms at warm-up; else "
+            "thread)."
         ),
     )
     max_queue_size: int = Field(

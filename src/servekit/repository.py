@@ -160,7 +160,12 @@ class ServedModel:
                 return m
 
             pool = InstancePool(
-                make_instance, self.config.instances, mm, self.name, self.config.execution
+                make_instance,
+                self.config.instances,
+                mm,
+                self.name,
+                self.config.execution,
+                max_rows=self.config.max_batch_size,
             )
             first = await pool.start()
         except Exception as e:
