@@ -224,12 +224,8 @@ class Batcher:
         # A request larger than max_batch_size (allowed for unbatchable models) runs alone.
         while self._heap and (not batch or rows + self._heap[0].rows <= self.max_batch_size):
             p = heapq.heappop(self._heap)
-            if p.future.done():  # cancelled by its caller or its deadline
+            if not _still_wanted(p, now):
                 self._dequeued(p)
-                continue
-            if now > p.deadline:
-                self._dequeued(p)
-                p.future.set_exception(DeadlineExceeded("deadline passed while queued"))
                 continue
             key = _row_shapes(p.inputs)
             if shape_key is None:
@@ -254,8 +250,13 @@ class Batcher:
 
     async def _execute(self, worker: Instance, batch: list[Pending]) -> None:
         try:
-            rows = sum(p.rows for p in batch)
+            # This task starts a loop iteration or more after the batch formed: drop what
+            # its caller or its deadline ended meanwhile, as the queue would have.
             now = time.monotonic()
+            batch = [p for p in batch if _still_wanted(p, now)]
+            if not batch:
+                return
+            rows = sum(p.rows for p in batch)
             self._metrics.batch(rows, [now - p.enqueued for p in batch])
             if len(batch) == 1:
                 inputs = batch[0].inputs
@@ -279,6 +280,15 @@ class Batcher:
                 offset += p.rows
         finally:
             self._pool.release(worker)
+
+
+def _still_wanted(p: Pending, now: float) -> bool:
+    if p.future.done():  # cancelled by its caller, or its deadline timer fired
+        return False
+    if now > p.deadline:  # past it, though the timer has not run yet
+        p.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+        return False
+    return True
 
 
 def _expire(fut: asyncio.Future[Outputs], timeout: float) -> None:
