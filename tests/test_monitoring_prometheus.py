@@ -37,12 +37,13 @@ pytestmark = pytest.mark.timeout(120)
 
 MODELS = {
     "digits": "max_batch_size: 32\n",
-    # One request queued at most: a flood gets 503s. In a thread, so that the instance
-    # is busy while the loop reads the flood (inline, each batch of this small model
-    # is done before the next request is read, and the queue may never fill).
+    # Both run in a thread, so that their instance is busy while the loop reads a flood
+    # (inline, each batch of a model this small is done before the next request is
+    # read: the queue may never fill, and few requests wait past 1 ms).
+    # One request queued at most: a flood gets 503s.
     "tiny_queue": "max_batch_size: 32\nmax_queue_size: 1\ninstances: 1\nexecution: thread\n",
-    # A 1 ms deadline: under a flood most requests pass it while queued (504).
-    "short_deadline": "max_batch_size: 32\ninstances: 1\ntimeout_ms: 1\n",
+    # A 1 ms deadline: under a flood many requests pass it while queued (504).
+    "short_deadline": "max_batch_size: 32\ninstances: 1\ntimeout_ms: 1\nexecution: thread\n",
 }
 RATE_INTERVAL = "30s"
 
