@@ -161,7 +161,7 @@ def test_explicit_mode_loads_only_what_is_named(tmp_path: Path) -> None:
         )
         assert r.status_code == 200, r.text
         meta = httpx.get(f"{server.url}/v1/models/cnn/metadata").json()["metadata"]["batching"]
-        assert (meta["max_batch_size"], meta["instances"]) == (4, 2)
+        assert (meta["max_batch_size"], meta["instances"], meta["execution"]) == (4, 2, "thread")
         x = digits_rows(2).reshape(2, 8, 8, 1).tolist()
         assert (
             httpx.post(f"{server.url}/v1/models/cnn:predict", json={"instances": x}).status_code
@@ -173,6 +173,12 @@ def test_explicit_mode_loads_only_what_is_named(tmp_path: Path) -> None:
             json={"parameters": {"config": {"max_batch_size": 0}}},
         )
         assert r.status_code == 400 and "greater than or equal to 1" in r.json()["error"]
+        r = httpx.post(
+            f"{server.url}/v2/repository/models/cnn/load",
+            headers=AUTH,
+            json={"parameters": {"config": {"execution": "inline", "instances": 2}}},
+        )
+        assert r.status_code == 400 and "instances must be 1 (got 2)" in r.json()["error"]
         # A warm-up sample of the wrong shape fails the load with a clear reason.
         np.save(warm / "image.npy", np.zeros((2, 64), dtype=np.float32))
         shutil.copytree(repo / "cnn" / "1", repo / "cnn" / "2")

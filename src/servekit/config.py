@@ -24,6 +24,9 @@ from servekit.errors import BadInput
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32)
 
+# Where a model's batches run (see ``ModelConfig.execution`` and ``servekit.pool``).
+Execution = Literal["auto", "thread", "inline"]
+
 
 class ModelConfig(BaseModel):
     """How one model is served. Read from ``<repo>/<model>/config.yaml``."""
@@ -39,7 +42,7 @@ class ModelConfig(BaseModel):
     )
     instances: int = Field(1, ge=1, le=64, description="Interpreter instances (threads).")
     threads_per_instance: int = Field(1, ge=1, le=64, description="TFLite threads each.")
-    execution: Literal["auto", "thread", "inline"] = Field(
+    execution: Execution = Field(
         "auto",
         description=(
             "Where invokes run: 'thread' (each instance in its own thread; invoke "

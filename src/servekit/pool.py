@@ -27,8 +27,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
 
+from servekit.config import Execution
 from servekit.errors import InferenceFailed, ServekitError
 from servekit.metrics import ModelMetrics
 from servekit.runtime import TFLiteModel
@@ -136,8 +136,6 @@ class Instance(threading.Thread):
 # loop for no longer than handing it off would.
 INLINE_MAX_BATCH_S = 0.0002
 
-Execution = Literal["auto", "thread", "inline"]
-
 
 def cheap_enough_to_inline(model: TFLiteModel, max_rows: int) -> bool:
     """``auto``'s choice: does the largest batch of ``max_rows`` rows surely compute in
@@ -163,8 +161,6 @@ class InstancePool:
         execution: Execution = "thread",
         max_rows: int = 1,
     ) -> None:
-        if execution == "inline" and size != 1:
-            raise ValueError(f"inline execution runs one instance, not {size}")
         self._factory = factory
         self._size = size
         self._execution = execution

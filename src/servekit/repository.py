@@ -203,11 +203,11 @@ class ServedModel:
         mm.loaded(time.perf_counter() - start)
         self._set_state("READY")
         log.info(
-            "model %s v%s ready: %d instance(s) (%s), buckets %s, runtime %s",
+            "model %s v%s ready: %d instance(s), execution %s, buckets %s, runtime %s",
             self.name,
             self.version,
             self.config.instances,
-            "inline on the event loop" if pool.inline else "threads",
+            self.execution,
             self.buckets or "none",
             runtime_name(),
         )
