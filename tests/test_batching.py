@@ -15,7 +15,7 @@ import pytest
 
 import servekit.pool as pool_module
 from conftest import MODELS, digits_rows, direct_predict, model_path
-from servekit.batching import Batcher
+from servekit.batching import Activity, Batcher
 from servekit.config import ModelConfig
 from servekit.errors import DeadlineExceeded, Overloaded
 from servekit.metrics import Metrics
@@ -232,3 +232,85 @@ async def test_batches_run_where_the_config_and_the_warm_up_timing_say(
 def test_inline_execution_takes_one_instance() -> None:
     with pytest.raises(ValueError, match="instances must be 1"):
         ModelConfig(execution="inline", instances=2)
+
+
+def spy_threads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The thread idents TFLiteModel.run is called from, in order."""
+    ran_in: list[int] = []
+    real_run = TFLiteModel.run
+
+    def spied_run(self: TFLiteModel, inputs: Mapping[str, Array]) -> dict[str, Array]:
+        ran_in.append(threading.get_ident())
+        return real_run(self, inputs)
+
+    monkeypatch.setattr(TFLiteModel, "run", spied_run)
+    return ran_in
+
+
+def slow_rows(n: int) -> dict[str, Array]:
+    return {"x": np.linspace(-1, 1, 64 * n, dtype=np.float32).reshape(n, 64)}
+
+
+async def test_a_lone_request_on_an_idle_server_runs_inline_and_company_runs_in_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The slow model (~17 ms an invoke) is far too slow for inline execution (0.2 ms), so
+    # auto gives it a thread; with the lone-batch bound raised well clear of 17 ms, its
+    # lone batches run on the loop. ``thread`` opts out; two instances never qualify.
+    monkeypatch.setattr(pool_module, "INLINE_WHEN_ALONE_MAX_S", 1.0)
+    metrics = Metrics()
+    activity = Activity()  # one server: its models share it
+
+    def served(name: str, config: ModelConfig) -> ServedModel:
+        return ServedModel(ModelSource(name, 1, SLOW, None), config, metrics, activity)
+
+    auto = served("auto", ModelConfig(max_batch_size=2))
+    forced = served("forced", ModelConfig(max_batch_size=2, execution="thread"))
+    pair = served("pair", ModelConfig(max_batch_size=2, instances=2))
+    for m in (auto, forced, pair):
+        await m.load()
+    loop_thread = threading.get_ident()
+    try:
+        assert auto.execution == "thread"
+        assert auto.metadata()["batching"]["inline_when_alone_rows"] == 2
+        assert forced.inline_when_alone_rows == 0 and pair.inline_when_alone_rows == 0
+        ran_in = spy_threads(monkeypatch)
+
+        # Alone, one request at a time: on the loop, with the thread's results.
+        lone = [await auto.infer(slow_rows(1)) for _ in range(3)]
+        assert ran_in == [loop_thread] * 3
+        assert activity.requests == 0
+        ran_in.clear()
+
+        # Three at once: a batch of 2 and one that arrived while the server was busy.
+        together = await asyncio.gather(*(auto.infer(slow_rows(1)) for _ in range(3)))
+        assert len(ran_in) == 2 and loop_thread not in ran_in
+        for out in (*lone, *together):
+            np.testing.assert_array_equal(out["y"], lone[0]["y"])
+        ran_in.clear()
+
+        # Company on another model of the same server counts too.
+        await asyncio.gather(forced.infer(slow_rows(1)), auto.infer(slow_rows(1)))
+        assert len(ran_in) == 2 and loop_thread not in ran_in
+        ran_in.clear()
+
+        # Opted out, or two instances: a thread even when alone.
+        await forced.infer(slow_rows(1))
+        await pair.infer(slow_rows(1))
+        assert len(ran_in) == 2 and loop_thread not in ran_in
+        assert activity.requests == 0
+    finally:
+        for m in (auto, forced, pair):
+            await m.unload(5)
+
+
+def test_lone_batches_inline_only_rows_that_computed_within_the_bound() -> None:
+    model = TFLiteModel(CONTENT)
+    model.prepare([1, 2, 4, 8])
+    bound = pool_module.INLINE_WHEN_ALONE_MAX_S
+    # Warm-up timings are the clock here: set them to known values around the bound.
+    model.invoke_costs = {1: bound / 4, 2: bound / 2, 4: bound, 8: bound * 2}
+    assert pool_module.rows_inline_when_alone(model, max_rows=8) == 4
+    assert pool_module.rows_inline_when_alone(model, max_rows=3) == 3
+    model.invoke_costs = {1: bound * 1.5, 2: bound * 2, 4: bound * 3, 8: bound * 4}
+    assert pool_module.rows_inline_when_alone(model, max_rows=8) == 0

@@ -10,6 +10,9 @@ Policy (what Triton and TF Serving users expect):
 - A request's deadline counts its queue time; a request that is past its deadline
   or whose caller went away is dropped before compute.
 - Lower ``priority`` numbers are served first; equal priorities in arrival order.
+- A batch of one request that arrived at an idle server and is still all it has to do
+  (``Activity``, shared by every model's batcher) is marked alone: the pool may run it
+  without a thread hand-off.
 """
 
 from __future__ import annotations
@@ -46,6 +49,18 @@ class Pending:
     future: asyncio.Future[Outputs] = field(compare=False)
     enqueued: float = field(compare=False)  # time.monotonic()
     deadline: float = field(compare=False)  # time.monotonic()
+    # Nothing else was accepted and unanswered in the server when this one arrived.
+    arrived_idle: bool = field(compare=False, default=False)
+
+
+class Activity:
+    """Inference requests accepted and not yet answered, across every model of a server:
+    queued, or in a batch that formed. One per server, shared by its batchers."""
+
+    __slots__ = ("requests",)
+
+    def __init__(self) -> None:
+        self.requests = 0
 
 
 class Batcher:
@@ -60,8 +75,10 @@ class Batcher:
         max_queue_delay_s: float,
         max_queue_size: int,
         timeout_s: float,
+        activity: Activity | None = None,
     ) -> None:
         self._pool = pool
+        self._activity = activity if activity is not None else Activity()
         self._metrics = metrics
         self.max_batch_size = max_batch_size
         self._max_delay = max_queue_delay_s
@@ -107,6 +124,7 @@ class Batcher:
         while self._heap:
             p = heapq.heappop(self._heap)
             self._dequeued(p)
+            self._activity.requests -= 1
             if not p.future.done():
                 p.future.set_exception(ShuttingDown("model is unloading"))
         if self._inflight:
@@ -146,10 +164,13 @@ class Batcher:
         timeout = self._timeout if timeout_s is None else min(timeout_s, self._timeout)
         now = time.monotonic()
         fut: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
+        idle = self._activity.requests == 0
         heapq.heappush(
-            self._heap, Pending(priority, next(self._seq), inputs, rows, fut, now, now + timeout)
+            self._heap,
+            Pending(priority, next(self._seq), inputs, rows, fut, now, now + timeout, idle),
         )
         self._queued_rows += rows
+        self._activity.requests += 1
         self._metrics.queued(1)
         self._has_work.set()
         self._idle.clear()
@@ -226,6 +247,7 @@ class Batcher:
             p = heapq.heappop(self._heap)
             if not _still_wanted(p, now):
                 self._dequeued(p)
+                self._activity.requests -= 1
                 continue
             key = _row_shapes(p.inputs)
             if shape_key is None:
@@ -249,6 +271,7 @@ class Batcher:
         self._metrics.queued(-1)
 
     async def _execute(self, worker: Instance, batch: list[Pending]) -> None:
+        formed = len(batch)  # each leaves the activity count once this batch is done
         try:
             # This task starts a loop iteration or more after the batch formed: drop what
             # its caller or its deadline ended meanwhile, as the queue would have.
@@ -265,7 +288,12 @@ class Batcher:
                     name: np.concatenate([p.inputs[name] for p in batch])
                     for name in batch[0].inputs
                 }
-            out = await self._pool.run(worker, inputs)
+            # Alone: one request that arrived at an idle server and is still everything it
+            # has accepted and not answered, so a hand-off to a thread would only add the
+            # threads' wake-ups. (Not one that waited behind a batch: that is load, and
+            # more requests are on their way, to be read while a thread computes.)
+            alone = formed == 1 and batch[0].arrived_idle and self._activity.requests == 1
+            out = await self._pool.run(worker, inputs, rows=rows, alone=alone)
         except Exception as e:
             # Whatever went wrong fails this batch only; the loop and the pool go on.
             err = e if isinstance(e, ServekitError) else InferenceFailed(f"{type(e).__name__}: {e}")
@@ -279,6 +307,7 @@ class Batcher:
                     p.future.set_result({k: v[offset : offset + p.rows] for k, v in out.items()})
                 offset += p.rows
         finally:
+            self._activity.requests -= formed
             self._pool.release(worker)
 
 

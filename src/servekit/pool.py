@@ -15,6 +15,17 @@ Two ways to run a batch (``execution`` in the model's config):
   and no request is read, which is why ``auto`` keeps it to models whose largest batch
   computes in under 0.2 ms. A scrape never sees such an instance busy (it is busy only
   between two statements of the loop); the compute histogram still counts its batches.
+
+``auto`` also runs a *lone* batch inline on a one-instance model it otherwise gives a
+thread: one request, when nothing else is queued or computing anywhere in the server
+(``Batcher`` decides), and of few enough rows to have computed in 10 ms at warm-up. On
+this 2-core VM a hand-off to an idle thread and back costs 0.1-0.5 ms, because both
+threads' cores must wake up: at one client, a third of what a 512-4096-4096-10 model's
+p50 exceeded its raw invoke by, beyond the HTTP floor. Under load batches have company,
+so they run in the thread and the loop keeps reading requests meanwhile. What a lone
+batch costs anyone else is that a request arriving during it waits, at most the batch's
+compute time (10 ms at most), before it is read. One instance only: with two, a second
+request would wait for the first instead of taking the other instance's core.
 """
 
 from __future__ import annotations
@@ -137,16 +148,41 @@ class Instance(threading.Thread):
 INLINE_MAX_BATCH_S = 0.0002
 
 
+# ``auto``'s lone batches run inline when they computed in at most this at warm-up: the
+# longest a request arriving meanwhile waits to be read.
+INLINE_WHEN_ALONE_MAX_S = 0.01
+
+
+def _variable_inner_dims(model: TFLiteModel) -> bool:
+    """Warm-up ran such a model at size 1; real requests may be far larger (and resize
+    the interpreter), so its warm-up timings bound nothing."""
+    return any(d < 0 for spec in model.signature.inputs for d in spec.shape[1:])
+
+
 def cheap_enough_to_inline(model: TFLiteModel, max_rows: int) -> bool:
     """``auto``'s choice: does the largest batch of ``max_rows`` rows surely compute in
-    under ``INLINE_MAX_BATCH_S``? Not if an input has a variable inner dimension: warm-up
-    ran it at size 1, and real requests may be far larger (and resize the interpreter)."""
-    if any(d < 0 for spec in model.signature.inputs for d in spec.shape[1:]):
+    under ``INLINE_MAX_BATCH_S``? Never for variable inner dimensions."""
+    if _variable_inner_dims(model):
         return False
     # A batchable model runs any batch within the largest bucket's cost (a split is only
     # taken when cheaper); a fixed-batch one runs a batch as one invoke per chunk.
     invokes = 1 if model.batchable else -(-max_rows // model.chunk)
     return model.slowest_invoke_s * invokes < INLINE_MAX_BATCH_S
+
+
+def rows_inline_when_alone(model: TFLiteModel, max_rows: int) -> int:
+    """The most rows a lone batch may have for ``auto`` to run it inline: the largest
+    number whose batch computed within ``INLINE_WHEN_ALONE_MAX_S`` at warm-up (0: none)."""
+    if _variable_inner_dims(model):
+        return 0
+    if model.batchable:
+        # A batch of r rows costs at most the smallest bucket >= r (padding to it is one
+        # of the plans, and the cheapest plan is taken), so every r up to such a bucket fits.
+        fits = [b for b, s in model.invoke_costs.items() if s <= INLINE_WHEN_ALONE_MAX_S]
+        return min(max(fits, default=0), max_rows)
+    # Fixed batch: one invoke per chunk of rows.
+    invokes = int(INLINE_WHEN_ALONE_MAX_S // model.slowest_invoke_s)
+    return min(invokes * model.chunk, max_rows)
 
 
 class InstancePool:
@@ -166,6 +202,8 @@ class InstancePool:
         self._execution = execution
         self._max_rows = max_rows  # the most rows a batch can have (for ``auto``)
         self.inline = False  # decided once the instances are built (see ``start``)
+        # Threaded: a lone batch of up to this many rows runs inline (``auto``; 0: never).
+        self.inline_when_alone_rows = 0
         self._metrics = metrics
         self._name = name
         self._workers: list[Instance] = []
@@ -198,6 +236,8 @@ class InstancePool:
             and self._size == 1
             and cheap_enough_to_inline(models[0], self._max_rows)
         )
+        if not self.inline and self._execution == "auto" and self._size == 1:
+            self.inline_when_alone_rows = rows_inline_when_alone(models[0], self._max_rows)
         for w in self._workers:
             if self.inline:
                 w.jobs.put(None)  # built: the event loop runs it from now on
@@ -224,8 +264,12 @@ class InstancePool:
         """Instances rebuilt after a failure left their interpreter unusable."""
         return sum(w.replacements for w in self._workers)
 
-    async def run(self, worker: Instance, inputs: Mapping[str, Array]) -> Outputs:
-        if self.inline:
+    async def run(
+        self, worker: Instance, inputs: Mapping[str, Array], *, rows: int = 0, alone: bool = False
+    ) -> Outputs:
+        """Run a batch of ``rows`` rows on ``worker``; ``alone``: nothing else is queued or
+        computing in the server (a lone batch of few rows runs inline, see above)."""
+        if self.inline or (alone and 0 < rows <= self.inline_when_alone_rows):
             result = worker.execute(inputs)
             if isinstance(result, Exception):
                 raise result

@@ -144,6 +144,8 @@ class TFLiteModel:
         # The longest one invoke takes (the largest bucket, or one chunk), timed warm at
         # ``prepare``; infinite until then.
         self.slowest_invoke_s = float("inf")
+        # Rows -> seconds of one warm invoke at ``prepare``: every bucket, or the chunk.
+        self.invoke_costs: dict[int, float] = {}
 
     @property
     def batchable(self) -> bool:
@@ -188,6 +190,7 @@ class TFLiteModel:
         if ok:
             self._buckets = sorted(buckets)
             self._plan = padding_plan(costs)
+            self.invoke_costs = costs
             self.slowest_invoke_s = max(costs.values(), default=0.0)
             return True
         # Go back to the shapes in the file and serve one chunk per invoke.
@@ -195,6 +198,7 @@ class TFLiteModel:
         chunk = self._warmup_batch(self._chunk, samples)
         self._invoke_at(self._chunk, chunk)
         self.slowest_invoke_s = self._time_invoke(self._chunk, chunk)
+        self.invoke_costs = {self._chunk: self.slowest_invoke_s}
         return False
 
     def _time_invoke(self, rows: int, batch: Mapping[str, Array]) -> float:
