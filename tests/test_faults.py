@@ -12,10 +12,12 @@ import shutil
 import threading
 from collections.abc import Mapping
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
 
+import servekit.pool as pool_module
 import servekit.repository as repository_module
 from conftest import REPO, digits_rows, direct_predict
 from servekit.config import ModelConfig
@@ -32,26 +34,33 @@ class Breakable(TFLiteModel):
     broken = threading.Event()
     builds_fail = threading.Event()
     builds = 0
+    built_in: ClassVar[list[int]] = []  # the thread of each build
+    ran_in: ClassVar[list[int]] = []  # the thread of each run
 
     def __init__(self, content: bytes, *, num_threads: int = 1) -> None:
         Breakable.builds += 1
+        Breakable.built_in.append(threading.get_ident())
         if Breakable.builds_fail.is_set():
             raise RuntimeError("cannot build an interpreter (injected)")
         super().__init__(content, num_threads=num_threads)
 
     def run(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
+        Breakable.ran_in.append(threading.get_ident())
         if self.broken.is_set():
             raise InferenceFailed("interpreter is corrupted (injected)")
         return super().run(inputs)
 
 
-# Both ways a batch runs: in the instances' threads, and on the event loop itself.
+# Every way a batch runs: in the instances' threads, on the event loop itself, and as a
+# lone batch on the loop of a model that otherwise runs in its thread (auto, with the
+# inline threshold at 0 so that digits is not inline outright).
 @pytest.fixture(
     params=[
         ModelConfig(instances=2, max_batch_size=8, execution="thread"),
         ModelConfig(instances=1, max_batch_size=8, execution="inline"),
+        ModelConfig(instances=1, max_batch_size=8),
     ],
-    ids=["threads", "inline"],
+    ids=["threads", "inline", "lone"],
 )
 def served(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
@@ -59,7 +68,10 @@ def served(
     Breakable.broken.clear()
     Breakable.builds_fail.clear()
     Breakable.builds = 0
+    Breakable.built_in = []
+    Breakable.ran_in = []
     monkeypatch.setattr(repository_module, "TFLiteModel", Breakable)
+    monkeypatch.setattr(pool_module, "INLINE_MAX_BATCH_S", 0.0)
     shutil.copytree(REPO / "digits", tmp_path / "digits")
     source = ModelSource("digits", 1, tmp_path / "digits" / "1" / "model.tflite", None)
     return ServedModel(source, request.param, Metrics())
@@ -67,6 +79,9 @@ def served(
 
 async def test_broken_instance_is_replaced_and_serving_goes_on(served: ServedModel) -> None:
     await served.load()
+    lone = served.config.execution == "auto"
+    assert served.execution == ("inline" if served.config.execution == "inline" else "thread")
+    assert served.inline_when_alone_rows == (8 if lone else 0)
     x = {"pixels": digits_rows(2)}
     assert (await served.infer(x))["probabilities"].shape == (2, 10)
     instances = served.config.instances
@@ -82,12 +97,20 @@ async def test_broken_instance_is_replaced_and_serving_goes_on(served: ServedMod
         original_init(self, content, num_threads=num_threads)
 
     Breakable.__init__ = healing_init  # type: ignore[method-assign]
+    runs_before = len(Breakable.ran_in)
     try:
         with pytest.raises(InferenceFailed, match="corrupted"):
             await served.infer(x)
     finally:
         Breakable.__init__ = original_init  # type: ignore[method-assign]
     assert Breakable.builds == instances + 1  # one replacement
+    # The failed batch ran on the loop inline and as a lone batch; it is rebuilt on the
+    # loop only when batches run there by configuration: a lone batch's failure is
+    # recovered in a thread, since a rebuild takes far longer than a batch.
+    loop_thread = threading.get_ident()
+    failed_run = Breakable.ran_in[runs_before]
+    assert (failed_run == loop_thread) == (served.config.execution != "thread")
+    assert (Breakable.built_in[-1] == loop_thread) == (served.config.execution == "inline")
     out = await served.infer(x)
     want = direct_predict("digits", x)["probabilities"]
     np.testing.assert_allclose(out["probabilities"], want, rtol=1e-5, atol=1e-6)
