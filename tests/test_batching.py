@@ -181,6 +181,19 @@ async def test_priority_orders_the_queue(gated: tuple[Batcher, GatedModel, Metri
 SLOW = MODELS / "slow" / "slow" / "1" / "model.tflite"  # ~17 ms an invoke
 
 
+def spy_threads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The thread idents TFLiteModel.run is called from, in order."""
+    ran_in: list[int] = []
+    real_run = TFLiteModel.run
+
+    def spied_run(self: TFLiteModel, inputs: Mapping[str, Array]) -> dict[str, Array]:
+        ran_in.append(threading.get_ident())
+        return real_run(self, inputs)
+
+    monkeypatch.setattr(TFLiteModel, "run", spied_run)
+    return ran_in
+
+
 @pytest.mark.parametrize(
     ("name", "config", "where"),
     [
@@ -201,17 +214,10 @@ async def test_batches_run_where_the_config_and_the_warm_up_timing_say(
     # invoke; fixed: 4096 invokes of several microseconds), so that a loaded machine's
     # warm-up timings cannot flip the choice the way they could near 0.2 ms.
     monkeypatch.setattr(pool_module, "INLINE_MAX_BATCH_S", 0.002)
-    ran_in: list[int] = []
-    real_run = TFLiteModel.run
-
-    def spied_run(self: TFLiteModel, inputs: Mapping[str, Array]) -> dict[str, Array]:
-        ran_in.append(threading.get_ident())
-        return real_run(self, inputs)
-
     path = SLOW if name == "slow" else model_path(name)
     served = ServedModel(ModelSource(name, 1, path, None), config, Metrics())
     await served.load()
-    monkeypatch.setattr(TFLiteModel, "run", spied_run)
+    ran_in = spy_threads(monkeypatch)
     try:
         assert served.execution == where
         assert served.metadata()["batching"]["execution"] == where
@@ -233,19 +239,6 @@ async def test_batches_run_where_the_config_and_the_warm_up_timing_say(
 def test_inline_execution_takes_one_instance() -> None:
     with pytest.raises(ValueError, match="instances must be 1"):
         ModelConfig(execution="inline", instances=2)
-
-
-def spy_threads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The thread idents TFLiteModel.run is called from, in order."""
-    ran_in: list[int] = []
-    real_run = TFLiteModel.run
-
-    def spied_run(self: TFLiteModel, inputs: Mapping[str, Array]) -> dict[str, Array]:
-        ran_in.append(threading.get_ident())
-        return real_run(self, inputs)
-
-    monkeypatch.setattr(TFLiteModel, "run", spied_run)
-    return ran_in
 
 
 def slow_rows(n: int) -> dict[str, Array]:
