@@ -334,9 +334,9 @@ def test_lone_batches_of_a_fixed_batch_model_count_its_invokes() -> None:
     model = TFLiteModel(read_model_bytes(model_path("fixed")))
     assert not model.prepare([1, 2, 4, 8])  # one chunk per invoke
     bound = pool_module.INLINE_WHEN_ALONE_MAX_S
-    model.slowest_invoke_s = bound / 3.5  # three invokes fit, four do not
+    model.invoke_costs = {model.chunk: bound / 3.5}  # three invokes fit, four do not
     assert pool_module.rows_inline_when_alone(model, max_rows=64) == 3 * model.chunk
-    model.slowest_invoke_s = bound * 2
+    model.invoke_costs = {model.chunk: bound * 2}
     assert pool_module.rows_inline_when_alone(model, max_rows=64) == 0
 
 

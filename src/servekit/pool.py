@@ -138,7 +138,7 @@ class Instance(threading.Thread):
         if isinstance(result, Exception) and recover:
             # Recover before answering, so that when the batcher releases this instance
             # the pool already knows whether it is still usable.
-            self.model = self._recover(model)
+            self.recover()
         return result
 
     def recover(self) -> None:
@@ -261,12 +261,11 @@ class InstancePool:
         except BaseException:
             await self.close()
             raise
+        auto_single = self._execution == "auto" and self._size == 1
         self.inline = self._execution == "inline" or (
-            self._execution == "auto"
-            and self._size == 1
-            and cheap_enough_to_inline(models[0], self._max_rows)
+            auto_single and cheap_enough_to_inline(models[0], self._max_rows)
         )
-        if not self.inline and self._execution == "auto" and self._size == 1:
+        if auto_single and not self.inline:
             self.inline_when_alone_rows = rows_inline_when_alone(models[0], self._max_rows)
         for w in self._workers:
             if self.inline:

@@ -141,11 +141,14 @@ class TFLiteModel:
         self._samples: Mapping[str, Array] | None = None
         # rows -> the invokes that run them (see ``padding_plan``), for batchable models.
         self._plan: dict[int, Plan] = {}
-        # The longest one invoke takes (the largest bucket, or one chunk), timed warm at
-        # ``prepare``; infinite until then.
-        self.slowest_invoke_s = float("inf")
         # Rows -> seconds of one warm invoke at ``prepare``: every bucket, or the chunk.
         self.invoke_costs: dict[int, float] = {}
+
+    @property
+    def slowest_invoke_s(self) -> float:
+        """The longest one invoke takes (the largest bucket, or one chunk), timed warm at
+        ``prepare``; infinite until then."""
+        return max(self.invoke_costs.values(), default=float("inf"))
 
     @property
     def batchable(self) -> bool:
@@ -191,14 +194,12 @@ class TFLiteModel:
             self._buckets = sorted(buckets)
             self._plan = padding_plan(costs)
             self.invoke_costs = costs
-            self.slowest_invoke_s = max(costs.values(), default=0.0)
             return True
         # Go back to the shapes in the file and serve one chunk per invoke.
         self._buckets = []
         chunk = self._warmup_batch(self._chunk, samples)
         self._invoke_at(self._chunk, chunk)
-        self.slowest_invoke_s = self._time_invoke(self._chunk, chunk)
-        self.invoke_costs = {self._chunk: self.slowest_invoke_s}
+        self.invoke_costs = {self._chunk: self._time_invoke(self._chunk, chunk)}
         return False
 
     def _time_invoke(self, rows: int, batch: Mapping[str, Array]) -> float:
