@@ -7,17 +7,20 @@ For each benchmark model (built by ``make_bench_models.py`` into ``benchmarks/bu
     ``threads_per_instance`` TFLite threads), invoking back to back at every batch size
     the server allocates; the best samples/s is the limit. Also the median time of one
     batch-1 invoke (set_tensor + invoke + get_tensor) on one interpreter: the latency
-    floor. It is measured four times, spread over the model's run (before the servers
-    and after each), and the fastest is kept: on a shared machine a slow spell during
-    a single measurement would raise the floor and flatter servekit's latency.
+    floor. It is measured before the servers and after each, and the fastest is kept:
+    on a shared machine a slow spell during a single measurement would raise the floor
+    and flatter servekit's latency.
 (b) **bare ASGI floor**: ``bare_asgi.py`` under uvicorn with servekit's settings
     (uvloop, httptools, no access log, same ``--workers``): reads the same request
     body and answers with the bytes of a real servekit response to it. Same load
     generator as (c).
 (c) **servekit**, batching on (``max_batch_size`` 32, 64 for ``wide``,
     ``max_queue_delay_ms`` 0) and off (``max_batch_size`` 1), same instances.
+(d) **lean bound**: ``lean_asgi.py``, servekit's core (validation, batcher, instances,
+    model metrics) behind the least HTTP code, batching on: the most any Python
+    request path on this stack could reach. Reported next to each target.
 
-(b) and (c) are loaded by ``wrk`` (C, epoll, one thread: the cheapest client there is,
+(b), (c) and (d) are loaded by ``wrk`` (C, epoll, one thread: the cheapest client there is,
 so the 2 cores go to the server) with ``wrk_post.lua``, closed loop, at each
 concurrency (connections) for ``--duration`` seconds after a ``--warmup``. Throughput
 counts 200s only; p50/p99 are wrk's (every completed request); errors are non-2xx
@@ -27,7 +30,7 @@ raw interpreter's output.
 
 Writes ``benchmarks/results/<model>.json``, ``<model>.png`` and ``summary.md``.
 
-    .venv/bin/python benchmarks/run.py                # everything, ~6 minutes
+    .venv/bin/python benchmarks/run.py                # everything, ~7 minutes
     .venv/bin/python benchmarks/run.py --models tiny --duration 2 --concurrency 1 64
 
 Needs matplotlib, TensorFlow (to build the models: ``--tf-python`` names another
@@ -54,6 +57,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import orjson
 from ai_edge_litert.interpreter import Interpreter
@@ -251,7 +255,7 @@ class Batch1Invoke:
         self.medians_ms: list[float] = []
 
     def measure(self) -> float:
-        it, times = self.interp, []
+        it, times = self.interp, list[float]()
         deadline = time.perf_counter() + self.seconds
         while time.perf_counter() < deadline or len(times) < 5:
             t = time.perf_counter()
@@ -291,34 +295,21 @@ def variant_repo(case: Case, variant: str, max_batch_size: int) -> Path:
     return folder
 
 
-class BareServer:
-    """``bare_asgi:app`` under uvicorn, configured like ``servekit serve``."""
+class UvicornApp:
+    """An ASGI app of this folder under uvicorn, configured like ``servekit serve``
+    (uvloop, httptools, no access log, same ``--workers``)."""
 
     def __init__(
-        self,
-        name: str,
-        response: bytes,
-        content_type: str,
-        header_length: str | None,
-        workers: int,
+        self, target: str, env: dict[str, str], log_name: str, workers: int, ready_path: str
     ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        BUILD.mkdir(exist_ok=True)
-        body_file = BUILD / f"bare-response-{name}.bin"
-        body_file.write_bytes(response)
-        env = {
-            **os.environ,
-            "BARE_RESPONSE_FILE": str(body_file),
-            "BARE_CONTENT_TYPE": content_type,
-        }
-        if header_length:
-            env["BARE_HEADER_LENGTH"] = header_length
+        self.ready_path = ready_path
         command = [
             sys.executable,
             "-m",
             "uvicorn",
-            "bare_asgi:app",
+            target,
             "--app-dir",
             str(HERE),
             "--host",
@@ -335,21 +326,26 @@ class BareServer:
         ]
         if workers > 1:
             command += ["--workers", str(workers)]
-        self.log_path = BUILD / f"bare-{name}.log"
+        BUILD.mkdir(exist_ok=True)
+        self.log_path = BUILD / f"{log_name}.log"
         self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(command, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("SERVEKIT_")}
+        self.proc = subprocess.Popen(
+            command, env={**inherited, **env}, stdout=self._log, stderr=subprocess.STDOUT
+        )
 
-    def __enter__(self) -> BareServer:
-        deadline = time.monotonic() + 30
+    def __enter__(self) -> UvicornApp:
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"bare server exited; see {self.log_path}")
+                raise RuntimeError(f"{self.log_path.stem} exited; see {self.log_path}")
             try:
-                asyncio.run(send_once(self.url, "/", b"", "application/json", {}))
-                return self
-            except OSError:
-                time.sleep(0.1)
-        raise TimeoutError("bare server did not start")
+                if httpx.get(self.url + self.ready_path, timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.log_path.stem} did not start")
 
     def __exit__(self, *exc: object) -> None:
         self.proc.terminate()
@@ -359,6 +355,25 @@ class BareServer:
             self.proc.kill()
             self.proc.wait()
         self._log.close()
+
+
+def bare_server(
+    name: str, response: bytes, content_type: str, header_length: str | None, workers: int
+) -> UvicornApp:
+    """``bare_asgi:app`` answering every request with ``response``."""
+    BUILD.mkdir(exist_ok=True)
+    body_file = BUILD / f"bare-response-{name}.bin"
+    body_file.write_bytes(response)
+    env = {"BARE_RESPONSE_FILE": str(body_file), "BARE_CONTENT_TYPE": content_type}
+    if header_length:
+        env["BARE_HEADER_LENGTH"] = header_length
+    return UvicornApp("bare_asgi:app", env, f"bare-{name}", workers, "/")
+
+
+def lean_server(name: str, repo: Path, workers: int) -> UvicornApp:
+    """``lean_asgi:app`` on ``repo`` (servekit's core behind the least HTTP code)."""
+    env = {"SERVEKIT_MODEL_PATH": str(repo), "SERVEKIT_LOG_LEVEL": "warning"}
+    return UvicornApp("lean_asgi:app", env, f"lean-{name}", workers, "/v2/health/ready")
 
 
 async def send_once(
@@ -525,11 +540,22 @@ def bench_model(
         print(f"  raw batch-1 invoke again: {batch1.measure():.3f} ms", flush=True)
     assert response is not None
     print("  bare ASGI floor:", flush=True)
-    with BareServer(case.model, *response, workers=workers) as bare:
+    with bare_server(case.model, *response, workers=workers) as bare:
         result["bare_asgi"] = {
             "response_bytes": len(response[0]),
             "points": measure(bare.url, bare.proc.pid),
         }
+    print(f"  raw batch-1 invoke again: {batch1.measure():.3f} ms", flush=True)
+    print("  lean bound (servekit's core, least HTTP code; batching on):", flush=True)
+    repo = variant_repo(case, "batching_on", case.max_batch_size)
+    with lean_server(case.model, repo, workers) as lean:
+        status, body, headers = asyncio.run(
+            send_once(lean.url, request.path, request.body, request.content_type, request.headers)
+        )
+        if status != 200:
+            raise RuntimeError(f"{case.model} lean: {status} {body[:300]!r}")
+        check_response(case, body, headers, want)
+        result["lean"] = {"points": measure(lean.url, lean.proc.pid)}
     print(f"  raw batch-1 invoke again: {batch1.measure():.3f} ms", flush=True)
     raw["invoke_batch1_ms_runs"] = batch1.medians_ms
     raw["invoke_batch1_ms"] = min(batch1.medians_ms)
@@ -579,18 +605,24 @@ def cpu_bound(result: dict[str, Any], concurrency: int, cpus: int) -> float | No
     raw, bare = result["raw"], point(result, "bare_asgi", concurrency)
     if bare is None or not bare["throughput_rps"]:
         return None
-    compute = raw["threads"] / raw["samples_per_s"]
-    transport = (bare["server_cpu_cores"] + bare["client_cpu_cores"]) / bare["throughput_rps"]
-    return round(cpus / (compute + transport) / raw["samples_per_s"], 3)
+    samples_per_s = float(raw["samples_per_s"])
+    compute = int(raw["threads"]) / samples_per_s
+    cores = float(bare["server_cpu_cores"] + bare["client_cpu_cores"])
+    transport = cores / float(bare["throughput_rps"])
+    return round(cpus / (compute + transport) / samples_per_s, 3)
 
 
 def targets(results: dict[str, dict[str, Any]], cpus: int) -> list[dict[str, Any]]:
-    """The issue's four targets, as ratios from this run."""
+    """The issue's four targets, as ratios from this run, each followed by the same ratio
+    for the lean bound (``lean_asgi.py``): what no Python request path could beat."""
     rows: list[dict[str, Any]] = []
 
     def add(name: str, value: float | None, goal: float, text: str, higher: bool = True) -> None:
         met = None if value is None else (value >= goal if higher else value <= goal)
         rows.append({"target": name, "value": value, "goal": goal, "met": met, "how": text})
+
+    def info(name: str, value: float | None, goal: float | None = None) -> None:
+        rows.append({"target": name, "value": value, "goal": goal, "met": None, "how": "(bound)"})
 
     if "wide" in results:
         on, off = (
@@ -615,17 +647,18 @@ def targets(results: dict[str, dict[str, Any]], cpus: int) -> list[dict[str, Any
                 0.9,
                 "≥ 90%",
             )
-        if (bound := cpu_bound(r, 8, cpus)) is not None:
-            rows.append(
-                {
-                    "target": "mobilenet_v2, c=8: the most the CPUs allow (raw compute + the "
-                    "floor's server and wrk CPU per request) / raw interpreter",
-                    "value": bound,
-                    "goal": 0.9,
-                    "met": None,
-                    "how": "(information)",
-                }
-            )
+        lean = point(r, "lean", 8)
+        info(
+            "mobilenet_v2, c=8: lean bound / raw interpreter",
+            round(lean["throughput_rps"] / r["raw"]["samples_per_s"], 3) if lean else None,
+            0.9,
+        )
+        info(
+            "mobilenet_v2, c=8: the most the CPUs allow (raw compute + the floor's server "
+            "and wrk CPU per request) / raw interpreter",
+            cpu_bound(r, 8, cpus),
+            0.9,
+        )
     if "tiny" in results:
         r = results["tiny"]
         on, bare = point(r, "batching_on", 64), point(r, "bare_asgi", 64)
@@ -635,22 +668,24 @@ def targets(results: dict[str, dict[str, Any]], cpus: int) -> list[dict[str, Any
             0.5,
             "≥ 50%",
         )
+        lean = point(r, "lean", 64)
+        info(
+            "tiny (JSON), c=64: lean bound / bare ASGI floor requests/s",
+            round(lean["throughput_rps"] / bare["throughput_rps"], 3) if lean and bare else None,
+            0.5,
+        )
     for name, r in results.items():
         one, bare = point(r, "batching_on", 1), point(r, "bare_asgi", 1)
         if one is None:
             continue
-        excess = one["p50_ms"] - r["raw"]["invoke_batch1_ms"]
+        invoke = r["raw"]["invoke_batch1_ms"]
+        excess = one["p50_ms"] - invoke
         add(f"{name}, c=1: p50 - raw batch-1 invoke (ms)", round(excess, 3), 1.0, "≤ 1 ms", False)
-        if bare is not None:  # not a target: what servekit adds to moving bytes and invoking
-            rows.append(
-                {
-                    "target": f"{name}, c=1: p50 - raw batch-1 invoke - bare floor p50 (ms)",
-                    "value": round(excess - bare["p50_ms"], 3),
-                    "goal": None,
-                    "met": None,
-                    "how": "(information)",
-                }
-            )
+        if (lean := point(r, "lean", 1)) is not None:
+            value = round(lean["p50_ms"] - invoke, 3)
+            info(f"{name}, c=1: lean bound p50 - raw batch-1 invoke (ms)", value)
+        if bare is not None:  # what moving the bytes alone takes at one connection
+            info(f"{name}, c=1: bare ASGI floor p50 (ms)", bare["p50_ms"])
     return rows
 
 
@@ -675,8 +710,8 @@ def summary_markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -
         "",
         "Throughput is requests/s (one row each) answered 200; the raw interpreter's is "
         "samples/s at its best batch size with the server's threads. Latencies are wrk's. "
-        "The raw batch-1 invoke is the fastest of four measurements spread over each "
-        "model's run: "
+        "The raw batch-1 invoke is the fastest of the measurements spread over each "
+        "model's run (before the servers and after each): "
         + "; ".join(
             f"{name} "
             + ", ".join(f"{v:.3f}" for v in r["raw"].get("invoke_batch1_ms_runs", []))
@@ -708,8 +743,9 @@ def summary_markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -
             ("bare_asgi", "bare ASGI floor"),
             ("batching_on", f"servekit, batching on ({r['case']['max_batch_size']})"),
             ("batching_off", "servekit, batching off (1)"),
+            ("lean", "lean bound (servekit's core, least HTTP code)"),
         ):
-            for p in r[variant]["points"]:
+            for p in r.get(variant, {}).get("points", []):
                 lines.append(
                     f"| {name} | {proto} | {label} | {p['concurrency']} | "
                     f"{p['throughput_rps']:.0f} | {p['p50_ms']:.2f} | {p['p99_ms']:.2f} | "
@@ -733,9 +769,10 @@ def plot(result: dict[str, Any], out: Path) -> None:
     styles = {
         "batching_on": ("servekit, batching on", "tab:blue", "o-"),
         "batching_off": ("servekit, batching off", "tab:orange", "s-"),
+        "lean": ("lean bound (least HTTP code)", "tab:purple", "^:"),
     }
     for variant, (label, color, style) in styles.items():
-        pts = result[variant]["points"]
+        pts = result.get(variant, {}).get("points", [])
         cs = [p["concurrency"] for p in pts]
         ax_t.plot(cs, [p["throughput_rps"] for p in pts], style, color=color, label=label)
         ax_l.plot(cs, [p["p99_ms"] for p in pts], style, color=color, label=f"{label} p99")

@@ -1,16 +1,22 @@
-"""`servekit bench` and the locust file, each against a real server (the bundled demo)."""
+"""`servekit bench`, the locust file and the benchmark's lean bound, each against a real
+server (the bundled demo)."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
+import numpy as np
 import pytest
 
-from conftest import ROOT, ServerProcess, free_port
+from conftest import ROOT, ServerProcess, digits_rows, free_port
+from servekit.bench import Protocol, encode_request
 
 
 def bench(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -134,3 +140,57 @@ def test_locustfile_runs_without_failures(demo_server: ServerProcess, tmp_path: 
     for name in (*tasks, "Aggregated"):
         assert int(stats[name]["Request Count"]) > 0, stats[name]
         assert int(stats[name]["Failure Count"]) == 0, (r.stdout + r.stderr)[-3000:]
+
+
+def _outputs(protocol: Protocol, body: bytes, headers: httpx.Headers) -> np.ndarray:
+    if protocol is Protocol.v1:
+        return np.asarray(json.loads(body)["predictions"], dtype=np.float32)
+    if protocol is Protocol.v2:
+        (out,) = json.loads(body)["outputs"]
+        return np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
+    n = int(headers["inference-header-content-length"])
+    (out,) = json.loads(body[:n])["outputs"]
+    return np.frombuffer(body[n:], dtype="<f4").reshape(out["shape"])
+
+
+def test_lean_bound_answers_like_servekit(demo_server: ServerProcess) -> None:
+    """benchmarks/lean_asgi.py (the benchmark's lean bound) computes what servekit does,
+    in each protocol's plain form, on the same model."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SERVEKIT_")}
+    command = [sys.executable, "-m", "uvicorn", "lean_asgi:app"]
+    command += ["--app-dir", str(ROOT / "benchmarks"), "--port", str(port)]
+    proc = subprocess.Popen(
+        [*command, "--host", "127.0.0.1", "--log-level", "warning"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.communicate()[0]
+            try:
+                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "lean app not ready"
+                time.sleep(0.1)
+        for protocol in Protocol:
+            rows = 1 if protocol is Protocol.v1 else 3
+            request = encode_request("digits", {"pixels": digits_rows(rows)}, protocol)
+            answers = []
+            for server in (demo_server.url, url):
+                r = httpx.post(
+                    server + request.path,
+                    content=request.body,
+                    headers={"content-type": request.content_type, **request.headers},
+                )
+                assert r.status_code == 200, (protocol, server, r.text)
+                answers.append(_outputs(protocol, r.content, r.headers))
+            assert answers[1].shape == (rows, 10), protocol
+            np.testing.assert_allclose(answers[1], answers[0], rtol=1e-6, err_msg=protocol)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=15)
