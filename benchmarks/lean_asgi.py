@@ -11,8 +11,9 @@ Everything else is left out: FastAPI's dispatch, the HTTP metrics, the body-size
 limit, the client-disconnect watcher, strict JSON (duplicate keys), the rest of each
 protocol (columnar v1, named inputs, output selection, ``parameters``), error answers
 (an exception is uvicorn's bare 500) and Starlette's Request and Response. So its
-numbers are the most any full-featured Python path on this stack could reach: if a
-target is out of its reach, no rewrite of servekit's HTTP layer meets it.
+numbers estimate the most a full-featured Python path on this stack could reach (from
+one run, with batching on, as noisy as any other row): a target it misses by a margin
+is out of reach for any rewrite of servekit's HTTP layer.
 
 Any other request (lifespan, health, metadata) goes to servekit's own app, built from
 the ``SERVEKIT_*`` environment like ``servekit serve``'s, so models load the same way.

@@ -30,7 +30,7 @@ raw interpreter's output.
 
 Writes ``benchmarks/results/<model>.json``, ``<model>.png`` and ``summary.md``.
 
-    .venv/bin/python benchmarks/run.py                # everything, ~7 minutes
+    .venv/bin/python benchmarks/run.py                # everything, ~6 minutes
     .venv/bin/python benchmarks/run.py --models tiny --duration 2 --concurrency 1 64
 
 Needs matplotlib, TensorFlow (to build the models: ``--tf-python`` names another
@@ -335,17 +335,26 @@ class UvicornApp:
         )
 
     def __enter__(self) -> UvicornApp:
-        deadline = time.monotonic() + 120
+        try:
+            self._wait_ready(120)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.log_path.stem} exited; see {self.log_path}")
             try:
-                if httpx.get(self.url + self.ready_path, timeout=1).status_code == 200:
-                    return self
+                url = self.url + self.ready_path
+                if httpx.get(url, timeout=1, trust_env=False).status_code == 200:
+                    return
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
-        raise TimeoutError(f"{self.log_path.stem} did not start")
+        raise TimeoutError(f"{self.log_path.stem} did not start; see {self.log_path}")
 
     def __exit__(self, *exc: object) -> None:
         self.proc.terminate()

@@ -153,7 +153,7 @@ def _outputs(protocol: Protocol, body: bytes, headers: httpx.Headers) -> np.ndar
     return np.frombuffer(body[n:], dtype="<f4").reshape(out["shape"])
 
 
-def test_lean_bound_answers_like_servekit(demo_server: ServerProcess) -> None:
+def test_lean_bound_answers_like_servekit(demo_server: ServerProcess, tmp_path: Path) -> None:
     """benchmarks/lean_asgi.py (the benchmark's lean bound) computes what servekit does,
     in each protocol's plain form, on the same model."""
     port = free_port()
@@ -161,22 +161,20 @@ def test_lean_bound_answers_like_servekit(demo_server: ServerProcess) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SERVEKIT_")}
     command = [sys.executable, "-m", "uvicorn", "lean_asgi:app"]
     command += ["--app-dir", str(ROOT / "benchmarks"), "--port", str(port)]
-    proc = subprocess.Popen(
-        [*command, "--host", "127.0.0.1", "--log-level", "warning"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    log_path = tmp_path / "lean.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [*command, "--host", "127.0.0.1", "--log-level", "warning"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.communicate()[0]
-            try:
-                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "lean app not ready"
-                time.sleep(0.1)
+        while not _ready(url):
+            assert proc.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, "lean app not ready:\n" + log_path.read_text()
+            time.sleep(0.1)
         for protocol in Protocol:
             rows = 1 if protocol is Protocol.v1 else 3
             request = encode_request("digits", {"pixels": digits_rows(rows)}, protocol)
@@ -193,4 +191,15 @@ def test_lean_bound_answers_like_servekit(demo_server: ServerProcess) -> None:
             np.testing.assert_allclose(answers[1], answers[0], rtol=1e-6, err_msg=protocol)
     finally:
         proc.terminate()
-        proc.communicate(timeout=15)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False

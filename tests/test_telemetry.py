@@ -8,7 +8,11 @@ tracer provider that records the spans FastAPI starts.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import gc
+import os
+import sys
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -60,12 +64,33 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     return c
 
 
-@pytest.fixture()
-def unset_provider() -> Iterator[None]:
-    """OpenTelemetry sets its global provider once per process: undo it afterwards."""
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The app runs in this process: leave it as it was. OpenTelemetry's provider is set
+    once per process, and the app's lifespan sets the switch interval and GC thresholds."""
+    for key in [k for k in os.environ if k.startswith("SERVEKIT_")]:
+        monkeypatch.delenv(key)
+    interval, thresholds = sys.getswitchinterval(), gc.get_threshold()
     yield
+    sys.setswitchinterval(interval)
+    gc.set_threshold(*thresholds)
     trace._TRACER_PROVIDER = None
     trace._TRACER_PROVIDER_SET_ONCE = Once()
+    trace._PROXY_TRACER_PROVIDER = trace.ProxyTracerProvider()
+
+
+@asynccontextmanager
+async def served() -> AsyncIterator[httpx.AsyncClient]:
+    """The demo app, started and stopped by its own lifespan, and a client for it."""
+    app = create_app(ServerSettings())
+    if not hasattr(app, "_native_telemetry"):
+        pytest.skip("FastAPI < 0.160 has no native telemetry")
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://servekit") as client,
+    ):
+        yield client
 
 
 async def _send(client: httpx.AsyncClient, rows: Sequence[Any]) -> None:
@@ -76,31 +101,34 @@ async def _send(client: httpx.AsyncClient, rows: Sequence[Any]) -> None:
     assert r.status_code == 200, r.text
 
 
-@pytest.mark.usefixtures("unset_provider")
-async def test_inference_is_traced_once_a_provider_is_set(clock: Clock) -> None:
+# FastAPI's own spans for the two inference requests, as for any route: the request's,
+# then its endpoint's.
+SPANS = [
+    ("POST", PREDICT),
+    ("fastapi.dependencies", "predict"),
+    ("fastapi.endpoint", "predict"),
+    ("POST", INFER),
+    ("fastapi.dependencies", "infer"),
+    ("fastapi.endpoint", "infer"),
+]
+
+
+async def test_inference_is_traced_with_a_provider_set_at_start() -> None:
+    provider = RecordingProvider()
+    trace.set_tracer_provider(provider)
+    async with served() as client:
+        await _send(client, digits_rows(1).tolist())
+    assert provider.spans == SPANS
+
+
+async def test_a_provider_set_later_applies_within_the_recheck_interval(clock: Clock) -> None:
     rows = digits_rows(1).tolist()
     provider = RecordingProvider()
-    app = create_app(ServerSettings())
-    assert hasattr(app, "_native_telemetry"), "this FastAPI has no native telemetry"
-    transport = httpx.ASGITransport(app=app)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://servekit") as client,
-    ):
-        await _send(client, rows)
-        assert provider.spans == []  # no provider anywhere yet
+    async with served() as client:
+        await _send(client, rows)  # the direct path, and its answer is kept for a while
         trace.set_tracer_provider(provider)
         await _send(client, rows)
-        # Still the direct path: the answer is kept for TELEMETRY_RECHECK_S.
         assert provider.spans == []
         clock.now += fastpath.TELEMETRY_RECHECK_S
         await _send(client, rows)
-        # FastAPI's own spans, as for any route: the request's, then its endpoint's.
-        assert provider.spans == [
-            ("POST", PREDICT),
-            ("fastapi.dependencies", "predict"),
-            ("fastapi.endpoint", "predict"),
-            ("POST", INFER),
-            ("fastapi.dependencies", "infer"),
-            ("fastapi.endpoint", "infer"),
-        ]
+        assert provider.spans == SPANS

@@ -57,6 +57,8 @@ MATCHED = "servekit.direct_target"
 # applies within this many seconds.
 TELEMETRY_RECHECK_S = 1.0
 _clock = time.monotonic
+# Where FastAPI's native telemetry puts the request it is recording.
+TELEMETRY_SCOPE_KEY = "fastapi.telemetry"
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,14 +220,13 @@ class DirectInference:
         self.fastapi_app = fastapi_app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # With native telemetry on, FastAPI's router runs the endpoint (its span).
-        if (
-            scope["type"] == "http"
-            and scope["method"] == "POST"
-            and not self.fastapi_app._telemetry_on()
-        ):
+        if scope["type"] == "http" and scope["method"] == "POST":
             targets = self.fastapi_app.direct_targets()
-            found = scope.pop(MATCHED, None) or targets.match(scope)
+            found = scope.pop(MATCHED, None)
+            # A request FastAPI's native telemetry records (it sets this scope key, this
+            # app's or an outer app's) is left to FastAPI's router: its endpoint spans.
+            if found is None and scope.get(TELEMETRY_SCOPE_KEY) is None:
+                found = targets.match(scope)
             if found is not None:
                 target, match = found
                 await self._call(targets, target, match, scope, receive, send)
