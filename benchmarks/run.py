@@ -57,11 +57,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import orjson
 from ai_edge_litert.interpreter import Interpreter
-from server_process import ServerProcess, free_port
+from server_process import ChildServer, ServerProcess
 
 from servekit.bench import Fill, InputMeta, Protocol, encode_request, make_arrays
 from servekit.loadgen import RawClient
@@ -295,80 +294,23 @@ def variant_repo(case: Case, variant: str, max_batch_size: int) -> Path:
     return folder
 
 
-class UvicornApp:
+def uvicorn_app(
+    target: str, env: dict[str, str], log_name: str, workers: int, ready_path: str
+) -> ChildServer:
     """An ASGI app of this folder under uvicorn, configured like ``servekit serve``
     (uvloop, httptools, no access log, same ``--workers``)."""
-
-    def __init__(
-        self, target: str, env: dict[str, str], log_name: str, workers: int, ready_path: str
-    ):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.ready_path = ready_path
-        command = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            target,
-            "--app-dir",
-            str(HERE),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--loop",
-            "uvloop",
-            "--http",
-            "httptools",
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ]
-        if workers > 1:
-            command += ["--workers", str(workers)]
-        BUILD.mkdir(exist_ok=True)
-        self.log_path = BUILD / f"{log_name}.log"
-        self._log = self.log_path.open("wb")
-        inherited = {k: v for k, v in os.environ.items() if not k.startswith("SERVEKIT_")}
-        self.proc = subprocess.Popen(
-            command, env={**inherited, **env}, stdout=self._log, stderr=subprocess.STDOUT
-        )
-
-    def __enter__(self) -> UvicornApp:
-        try:
-            self._wait_ready(120)
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.log_path.stem} exited; see {self.log_path}")
-            try:
-                url = self.url + self.ready_path
-                if httpx.get(url, timeout=1, trust_env=False).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"{self.log_path.stem} did not start; see {self.log_path}")
-
-    def __exit__(self, *exc: object) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
+    command = [sys.executable, "-m", "uvicorn", target, "--app-dir", str(HERE)]
+    command += ["--host", "127.0.0.1", "--loop", "uvloop", "--http", "httptools"]
+    command += ["--log-level", "warning", "--no-access-log"]
+    if workers > 1:
+        command += ["--workers", str(workers)]
+    log_path = BUILD / f"{log_name}.log"
+    return ChildServer(command, env=env, log_path=log_path, ready_path=ready_path)
 
 
 def bare_server(
     name: str, response: bytes, content_type: str, header_length: str | None, workers: int
-) -> UvicornApp:
+) -> ChildServer:
     """``bare_asgi:app`` answering every request with ``response``."""
     BUILD.mkdir(exist_ok=True)
     body_file = BUILD / f"bare-response-{name}.bin"
@@ -376,13 +318,13 @@ def bare_server(
     env = {"BARE_RESPONSE_FILE": str(body_file), "BARE_CONTENT_TYPE": content_type}
     if header_length:
         env["BARE_HEADER_LENGTH"] = header_length
-    return UvicornApp("bare_asgi:app", env, f"bare-{name}", workers, "/")
+    return uvicorn_app("bare_asgi:app", env, f"bare-{name}", workers, "/")
 
 
-def lean_server(name: str, repo: Path, workers: int) -> UvicornApp:
+def lean_server(name: str, repo: Path, workers: int) -> ChildServer:
     """``lean_asgi:app`` on ``repo`` (servekit's core behind the least HTTP code)."""
     env = {"SERVEKIT_MODEL_PATH": str(repo), "SERVEKIT_LOG_LEVEL": "warning"}
-    return UvicornApp("lean_asgi:app", env, f"lean-{name}", workers, "/v2/health/ready")
+    return uvicorn_app("lean_asgi:app", env, f"lean-{name}", workers, "/v2/health/ready")
 
 
 async def send_once(

@@ -1,4 +1,5 @@
-"""A real servekit process for benchmarks: ``python -m servekit serve`` on a free port.
+"""Real server processes for benchmarks on a free port: ``python -m servekit serve``, or
+any other server command (the runner's uvicorn apps).
 
 Deliberately independent of the test suite (benchmarks import nothing from ``tests``).
 """
@@ -12,8 +13,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import httpx
 
@@ -26,25 +29,31 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class ServerProcess:
-    """Starts servekit on ``model_path``, waits for readiness, stops it with SIGTERM.
+class ChildServer:
+    """A server started as ``command --port <free port>``, its output in ``log_path``
+    (a temp file by default), ready once ``ready_path`` answers 200, stopped with
+    SIGTERM. Use as a context manager."""
 
-    Use as a context manager; the server's output goes to ``log_path`` (a temp file).
-    """
-
-    def __init__(self, model_path: Path, *args: str, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        command: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        log_path: Path | None = None,
+        ready_path: str = "/v2/health/ready",
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path or Path(tempfile.gettempdir()) / f"servekit-{self.port}.log"
+        self.ready_path = ready_path
+        self.log_path = log_path or Path(tempfile.gettempdir()) / f"server-{self.port}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("wb")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SERVEKIT_")}
-        command = [sys.executable, "-m", "servekit", "serve", str(model_path), *args]
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("SERVEKIT_")}
         self.proc = subprocess.Popen(
             [*command, "--port", str(self.port)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env=env,
+            env={**inherited, **(env or {})},
             cwd=ROOT,
         )
 
@@ -53,15 +62,17 @@ class ServerProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(
-                    f"servekit exited with {self.proc.returncode}; see {self.log_path}"
+                    f"server exited with {self.proc.returncode}; see {self.log_path}"
                 )
             try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
+                # Not through a proxy from the environment: the server is on 127.0.0.1.
+                url = self.url + self.ready_path
+                if httpx.get(url, timeout=1, trust_env=False).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
             time.sleep(0.1)
-        raise TimeoutError(f"servekit not ready after {timeout}s; see {self.log_path}")
+        raise TimeoutError(f"server not ready after {timeout}s; see {self.log_path}")
 
     def stop(self, timeout: float = 30.0) -> int:
         if self.proc.poll() is None:
@@ -74,7 +85,7 @@ class ServerProcess:
         self._log.close()
         return self.proc.returncode
 
-    def __enter__(self) -> ServerProcess:
+    def __enter__(self) -> Self:
         try:
             self.wait_ready()
         except BaseException:
@@ -89,3 +100,11 @@ class ServerProcess:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class ServerProcess(ChildServer):
+    """``python -m servekit serve model_path *args``."""
+
+    def __init__(self, model_path: Path, *args: str, log_path: Path | None = None) -> None:
+        command = [sys.executable, "-m", "servekit", "serve", str(model_path), *args]
+        super().__init__(command, log_path=log_path)

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +31,16 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`python -m servekit serve ...` as a child process, logs in a file."""
+    """`python -m servekit serve ...` (or another server ``command``) as a child
+    process, logs in a file."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None, name: str = "server") -> None:
+    def __init__(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        name: str = "server",
+        command: Sequence[str] = (sys.executable, "-m", "servekit", "serve"),
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         ARTIFACTS.mkdir(exist_ok=True)
@@ -42,7 +49,7 @@ class ServerProcess:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("SERVEKIT_")}
         full_env.update(env or {})
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "servekit", "serve", *args, "--port", str(self.port)],
+            [*command, *args, "--port", str(self.port)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=full_env,

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
-import os
+import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -153,33 +152,20 @@ def _outputs(protocol: Protocol, body: bytes, headers: httpx.Headers) -> np.ndar
     return np.frombuffer(body[n:], dtype="<f4").reshape(out["shape"])
 
 
-def test_lean_bound_answers_like_servekit(demo_server: ServerProcess, tmp_path: Path) -> None:
+def test_lean_bound_answers_like_servekit(demo_server: ServerProcess) -> None:
     """benchmarks/lean_asgi.py (the benchmark's lean bound) computes what servekit does,
     in each protocol's plain form, on the same model."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SERVEKIT_")}
-    command = [sys.executable, "-m", "uvicorn", "lean_asgi:app"]
-    command += ["--app-dir", str(ROOT / "benchmarks"), "--port", str(port)]
-    log_path = tmp_path / "lean.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [*command, "--host", "127.0.0.1", "--log-level", "warning"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    lean = ServerProcess(
+        *("--app-dir", str(ROOT / "benchmarks"), "--host", "127.0.0.1", "--log-level", "warning"),
+        command=(sys.executable, "-m", "uvicorn", "lean_asgi:app"),
+        name="lean",
+    ).wait_ready()
     try:
-        deadline = time.monotonic() + 60
-        while not _ready(url):
-            assert proc.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, "lean app not ready:\n" + log_path.read_text()
-            time.sleep(0.1)
         for protocol in Protocol:
             rows = 1 if protocol is Protocol.v1 else 3
             request = encode_request("digits", {"pixels": digits_rows(rows)}, protocol)
             answers = []
-            for server in (demo_server.url, url):
+            for server in (demo_server.url, lean.url):
                 r = httpx.post(
                     server + request.path,
                     content=request.body,
@@ -190,16 +176,5 @@ def test_lean_bound_answers_like_servekit(demo_server: ServerProcess, tmp_path: 
             assert answers[1].shape == (rows, 10), protocol
             np.testing.assert_allclose(answers[1], answers[0], rtol=1e-6, err_msg=protocol)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False
+        # uvicorn re-raises the SIGTERM it handled once it has shut down.
+        assert lean.stop() in (0, -signal.SIGTERM), lean.log()
