@@ -1,50 +1,55 @@
 # The two commands of a fresh machine: `make serve` and `make test`.
-# Both create the virtual environment first (only when pyproject.toml changed).
+# Both install from the lock (uv.lock) into .venv first.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+export PYTHON VENV
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test lint typecheck unit clean models bench
+.PHONY: serve test lint typecheck unit clean models bench lock venv install-serve install-dev
 
-# Serving needs only the package; the tests also need the dev tools and TensorFlow
-# (servekit optimize is tested end to end).
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e .
-	touch $@
+# Every install comes from the lock (uv.lock) through scripts/install.sh, which also
+# serialises installs that run at the same moment. Serving needs only the package; the
+# tests also need the dev tools and TensorFlow (servekit optimize is tested end to end).
+# Each install is a no-op (well under a second) when the venv already matches the lock.
+install-serve:
+	@scripts/install.sh
 
-$(VENV)/.installed-dev: $(VENV)/.installed
-	$(BIN)/python -m pip install -q -e '.[dev,optimize]'
-	touch $@
+install-dev:
+	@scripts/install.sh dev optimize
 
-venv: $(VENV)/.installed-dev
+venv: install-dev
 
-serve: $(VENV)/.installed
+serve: install-serve
 	$(BIN)/servekit serve --host $(HOST) --port $(PORT)
 
-lint: $(VENV)/.installed-dev
+lint: install-dev
 	$(BIN)/ruff check src tests scripts benchmarks
 	$(BIN)/ruff format --check src tests scripts benchmarks
 
-typecheck: $(VENV)/.installed-dev
+typecheck: install-dev
 	$(BIN)/mypy
 
-unit: $(VENV)/.installed-dev
+unit: install-dev
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 test: lint typecheck unit
 
 # Rebuild the committed test and demo models (needs TensorFlow: pip install '.[optimize]').
-models: $(VENV)/.installed-dev
+models: install-dev
 	$(BIN)/python scripts/make_models.py
 
 # benchmarks/run.py: raw interpreter, bare ASGI floor and servekit in one run (~5 min).
-bench: $(VENV)/.installed-dev
-	$(BIN)/python -m pip install -q -e '.[bench]'
+bench:
+	@scripts/install.sh dev optimize bench
 	$(BIN)/python benchmarks/run.py
 
+# Re-resolve every dependency to its newest allowed version (pyproject.toml's ranges) and
+# write uv.lock; review the diff, run `make test`, commit both.
+lock:
+	@scripts/install.sh
+	.tools/bin/uv lock --upgrade
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache
