@@ -34,6 +34,14 @@ Written files (paths relative to the repository root)::
     tests/models/repo/lookup/1/model.tflite   index i32[-1,1] -> row f32[-1,4] (GATHER from a
                                               10x4 table); an index outside 0..9 makes
                                               invoke() itself fail: a real runtime fault
+    tests/models/unsafe/<name>/1/model.tflite x f32[-1,8] -> y f32[-1,8]: resizable but NOT
+                                              batch-safe, each in its own way: ``row0``
+                                              adds row 0 to every row (STRIDED_SLICE with a
+                                              fixed end), ``batchmean`` subtracts the mean
+                                              over the batch (MEAN over axis 0), ``fold``
+                                              transposes the batch into the features and
+                                              reshapes back (TRANSPOSE + RESHAPE); one row
+                                              alone gives a different answer than stacked
 
 Exporting: every model is a ``tf.function`` with named ``tf.TensorSpec`` inputs that returns a
 dict of named outputs, converted with ``TFLiteConverter.from_concrete_functions([fn], module)``.
@@ -78,6 +86,7 @@ SEED = 0
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_DIR = ROOT / "src" / "servekit" / "demo"
 REPO_DIR = ROOT / "tests" / "models" / "repo"
+UNSAFE_DIR = ROOT / "tests" / "models" / "unsafe"
 MAX_FILE_BYTES = 1_000_000
 SIGNATURE_KEY = "serving_default"
 
@@ -252,6 +261,36 @@ def export_lookup() -> bytes:
         return {"row": tf.gather(table, index[:, 0])}
 
     return convert(serve, [spec([None, 1], tf.int32, "index")])
+
+
+UNSAFE_WIDTH = 8
+
+
+def unsafe_forwards() -> dict[str, Callable[[tf.Tensor], tf.Tensor]]:
+    """Models whose batch dimension resizes but whose rows are not independent."""
+    w = tf.constant(np.random.default_rng(SEED).standard_normal((8, 8)).astype(np.float32))
+    return {
+        "row0": lambda x: x @ w + x[:1],
+        "batchmean": lambda x: x @ w - tf.reduce_mean(x, axis=0, keepdims=True),
+        "fold": lambda x: tf.reshape(tf.transpose(x @ w), [-1, UNSAFE_WIDTH]),
+    }
+
+
+def export_unsafe(forward: Callable[[tf.Tensor], tf.Tensor]) -> bytes:
+    def serve(x: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"y": forward(x)}
+
+    return convert(serve, [spec([None, UNSAFE_WIDTH], tf.float32, "x")])
+
+
+def check_unsafe(path: Path) -> str:
+    """One row alone vs the same row stacked with others: how far apart the answers are."""
+    rows = np.random.default_rng(SEED).random((4, UNSAFE_WIDTH), dtype=np.float32)
+    interp = Interpreter(model_path=str(path))
+    runner = interp.get_signature_runner("serving_default")
+    alone = np.concatenate([runner(x=rows[i : i + 1])["y"] for i in range(len(rows))])
+    stacked = runner(x=rows)["y"]
+    return f"max |alone - stacked| = {float(np.abs(alone - stacked).max()):.3f}"
 
 
 def export_cnn(w: Weights) -> bytes:
@@ -471,6 +510,10 @@ def main() -> None:
     write_bytes(REPO_DIR / "nosig" / "1" / "model.tflite", export_nosig(dense_w))
     write_bytes(REPO_DIR / "lookup" / "1" / "model.tflite", export_lookup())
     write_bytes(REPO_DIR.parent / "slow" / "slow" / "1" / "model.tflite", export_slow())
+    unsafe_paths = []
+    for name, forward in unsafe_forwards().items():
+        unsafe_paths.append(UNSAFE_DIR / name / "1" / "model.tflite")
+        write_bytes(unsafe_paths[-1], export_unsafe(forward))
 
     # Demo data files.
     init = DEMO_DIR / "__init__.py"
@@ -519,6 +562,12 @@ def main() -> None:
     print(f"\nfixed model resized to [4, 64]: {fixed_failure}")
 
     print_multi_signature_info(REPO_DIR / "multi" / "1" / "model.tflite")
+
+    for path in unsafe_paths:
+        difference = check_unsafe(path)
+        print(f"{rel(path)}: {difference}")
+        if difference.endswith(" 0.000"):
+            raise SystemExit(f"{rel(path)} answers the same alone and stacked")
 
     demo_accuracy = accuracies[rel(demo_model)]
     assert demo_accuracy is not None
