@@ -52,8 +52,9 @@ def rss_kib(pid: int) -> int:
 # -- faults ----------------------------------------------------------------------------------
 
 
-async def test_invoke_fault_fails_that_batch_only(repo_server: ServerProcess) -> None:
-    """GATHER with an index outside the table makes invoke() itself raise."""
+async def test_invoke_fault_fails_that_request_only(repo_server: ServerProcess) -> None:
+    """GATHER with an index outside the table makes invoke() itself raise: a 400 for
+    that request (the model still runs others), and the instance goes on."""
     async with httpx.AsyncClient(base_url=repo_server.url, timeout=30) as c:
 
         async def good_digits() -> int:
@@ -64,15 +65,18 @@ async def test_invoke_fault_fails_that_batch_only(repo_server: ServerProcess) ->
         bad = c.post("/v1/models/lookup:predict", json={"instances": [[99]]})
         results = await asyncio.gather(bad, *(good_digits() for _ in range(20)))
         r = results[0]
-        assert r.status_code == 500
-        assert "gather index out of bounds" in r.json()["error"]
+        assert r.status_code == 400
+        assert r.json()["error"] == (
+            "model 'lookup' failed on this request's input "
+            "(TFLite: gather index out of bounds (GATHER failed to invoke))"
+        )
         assert all(s == 200 for s in results[1:])
         # The instance recovered: the same model answers valid indices correctly.
         ok = await c.post("/v1/models/lookup:predict", json={"instances": [[3], [0]]})
         assert ok.status_code == 200, ok.text
         assert ok.json()["predictions"] == [[12.0, 13.0, 14.0, 15.0], [0.0, 1.0, 2.0, 3.0]]
         assert (await c.get("/v2/health/ready")).status_code == 200
-    assert metric(repo_server, "servekit_requests_total", model="lookup", reason="error") >= 1
+    assert metric(repo_server, "servekit_requests_total", model="lookup", reason="invalid") >= 1
 
 
 # -- deadlines and disconnects ---------------------------------------------------------------

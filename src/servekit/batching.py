@@ -31,6 +31,7 @@ import numpy as np
 from servekit.errors import (
     DeadlineExceeded,
     InferenceFailed,
+    InputFailed,
     Overloaded,
     ServekitError,
     ShuttingDown,
@@ -76,8 +77,10 @@ class Batcher:
         max_queue_size: int,
         timeout_s: float,
         activity: Activity | None = None,
+        model_label: str = "",
     ) -> None:
         self._pool = pool
+        self.model_label = model_label or f"'{metrics.model}'"
         self._activity = activity if activity is not None else Activity()
         self._metrics = metrics
         self.max_batch_size = max_batch_size
@@ -193,6 +196,9 @@ class Batcher:
         except DeadlineExceeded:
             self._metrics.failure("timeout")
             raise
+        except InputFailed:
+            self._metrics.failure("invalid")
+            raise
         except ServekitError:
             self._metrics.failure("error")
             raise
@@ -266,6 +272,37 @@ class Batcher:
             self._maybe_idle()
         return batch
 
+    async def _isolate(
+        self, worker: Instance, batch: list[Pending], error: InferenceFailed
+    ) -> None:
+        """The model failed on this batch's inputs: each request runs again alone, so
+        that only the requests that fail alone get an error (a 400 naming the model),
+        and their batch-mates their answers."""
+        if len(batch) == 1:
+            if not batch[0].future.done():
+                batch[0].future.set_exception(self._input_failed(error))
+            return
+        for i, p in enumerate(batch):
+            if p.future.done():
+                continue
+            replacements = worker.replacements
+            self._metrics.batch(p.rows, [])
+            try:
+                out = await self._pool.run(worker, p.inputs, rows=p.rows)
+            except InferenceFailed as e:
+                if not _kept(worker, replacements):
+                    for rest in batch[i:]:
+                        if not rest.future.done():
+                            rest.future.set_exception(e)
+                    return
+                p.future.set_exception(self._input_failed(e))
+            else:
+                if not p.future.done():
+                    p.future.set_result(out)
+
+    def _input_failed(self, error: InferenceFailed) -> InputFailed:
+        return InputFailed(f"model {self.model_label} failed on this request's input ({error})")
+
     def _dequeued(self, p: Pending) -> None:
         self._queued_rows -= p.rows
         self._metrics.queued(-1)
@@ -293,7 +330,14 @@ class Batcher:
             # threads' wake-ups. (Not one that waited behind a batch: that is load, and
             # more requests are on their way, to be read while a thread computes.)
             alone = formed == 1 and batch[0].arrived_idle and self._activity.requests == 1
-            out = await self._pool.run(worker, inputs, rows=rows, alone=alone)
+            replacements = worker.replacements
+            try:
+                out = await self._pool.run(worker, inputs, rows=rows, alone=alone)
+            except InferenceFailed as e:
+                if not _kept(worker, replacements):
+                    raise  # the instance itself broke: the batch fails
+                await self._isolate(worker, batch, e)
+                return
         except Exception as e:
             # Whatever went wrong fails this batch only; the loop and the pool go on.
             err = e if isinstance(e, ServekitError) else InferenceFailed(f"{type(e).__name__}: {e}")
@@ -309,6 +353,12 @@ class Batcher:
         finally:
             self._activity.requests -= formed
             self._pool.release(worker)
+
+
+def _kept(worker: Instance, replacements: int) -> bool:
+    """After a failed run: the instance still runs its warm-up rows (it was neither
+    rebuilt nor lost), so the failure came from the batch's inputs."""
+    return not worker.dead_reason and worker.replacements == replacements
 
 
 def _still_wanted(p: Pending, now: float) -> bool:

@@ -24,6 +24,9 @@ from servekit.errors import BadInput
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32)
 
+# Whether requests' rows may share an invoke (see ``servekit.runtime.batchsafety``).
+BatchingMode = Literal["auto", "on", "off"]
+
 # Where a model's batches run (see ``ModelConfig.execution`` and ``servekit.pool``).
 Execution = Literal["auto", "thread", "inline"]
 
@@ -36,6 +39,15 @@ class ModelConfig(BaseModel):
     max_batch_size: int = Field(32, ge=1, le=4096, description="Rows per execution, at most.")
     max_queue_delay_ms: float = Field(
         0.0, ge=0, description="Wait this long for a fuller batch; 0 runs at once when idle."
+    )
+    batching: BatchingMode = Field(
+        "auto",
+        description=(
+            "Whether different requests' rows may share an invoke: 'auto' verifies at "
+            "load that the model answers each row the same alone and stacked (distinct "
+            "rows, every bucket, padded and split) and serves it one row per invoke if "
+            "not; 'on' trusts the model without the check; 'off' never stacks rows."
+        ),
     )
     batch_buckets: list[int] | None = Field(
         None, description="Batch sizes allocated at warm-up; batches are padded up to one."

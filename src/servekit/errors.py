@@ -5,7 +5,9 @@ table at the edge (``servekit.server.errors``). The tree:
 
     ServekitError
     ├── BadInput            the request is wrong (shape, dtype, names, limits)
-    │   └── PayloadTooLarge the body is over the configured size limit
+    │   ├── PayloadTooLarge the body is over the configured size limit
+    │   └── InputFailed     the model failed on this request's input while it still
+    │                       runs others (its batch-mates were answered)
     ├── NotFound            unknown model or version
     ├── NotReady            the model exists but cannot serve now
     ├── Overloaded          the queue is full; try again later
@@ -29,6 +31,11 @@ class BadInput(ServekitError):
 
 class PayloadTooLarge(BadInput):
     """The request body is larger than the configured limit."""
+
+
+class InputFailed(BadInput):
+    """The model raised on this request's input, alone, while its instance stays healthy
+    (it still runs its warm-up rows): the input is to blame, not the server."""
 
 
 class NotFound(ServekitError):

@@ -45,6 +45,9 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 # Model states, as numbers for the state gauge (one series per model and version).
 STATES = ("UNAVAILABLE", "LOADING", "READY", "UNLOADING")
 
+# How a version's batching was decided (``servekit.runtime.batchsafety.Check``).
+BATCHING_CHECKS = ("verified", "trusted", "unsafe", "unverifiable", "off", "fixed")
+
 # Outcome reasons of failed requests (label "reason" of servekit_requests_total).
 REASONS = ("rejected", "timeout", "cancelled", "invalid", "error")
 
@@ -120,6 +123,15 @@ class Metrics:
             mv,
             registry=r,
             multiprocess_mode="livesum",
+        )
+        self.batching = Gauge(
+            "servekit_model_batching",
+            "1 for how a version's batching was decided at load: 'verified' or 'trusted' "
+            "(requests' rows share invokes); 'unsafe', 'unverifiable', 'off' or 'fixed' "
+            "(one row per invoke). 0 for the others.",
+            (*mv, "check"),
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self.model_state = Gauge(
             "servekit_model_state",
@@ -222,6 +234,10 @@ class ModelMetrics:
         self.m.load_seconds.labels(self.model, self.version)
         for s in STATES:
             self.m.model_state.labels(self.model, self.version, s).set(1 if s == state else 0)
+
+    def batching(self, check: str) -> None:
+        for c in BATCHING_CHECKS:
+            self.m.batching.labels(self.model, self.version, c).set(1 if c == check else 0)
 
     def loaded(self, seconds: float) -> None:
         self.m.load_seconds.labels(self.model, self.version).observe(seconds)

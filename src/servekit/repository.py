@@ -28,6 +28,7 @@ from servekit.errors import BadInput, Forbidden, NotFound, NotReady, ServekitErr
 from servekit.metrics import Metrics
 from servekit.pool import InstancePool, Outputs
 from servekit.runtime import TFLiteModel, read_model_bytes, runtime_name
+from servekit.runtime.batchsafety import BatchingDecision, BatchingVerdict
 from servekit.tensors import Array, TensorSpec, check_inputs
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,7 @@ class ServedModel:
     outputs: tuple[TensorSpec, ...] = ()
     batchable: bool = False
     buckets: list[int] = field(default_factory=list)
+    batching: BatchingDecision | None = None  # known once loaded
     signature_key: str | None = None
     _pool: InstancePool | None = None
     _batcher: Batcher | None = None
@@ -156,9 +158,14 @@ class ServedModel:
             samples = await asyncio.to_thread(read_warmup_samples, self.source)
             buckets = self.config.buckets()
 
+            verdict = BatchingVerdict(self.config.batching)
+
             def make_instance() -> TFLiteModel:
                 m = TFLiteModel(content, num_threads=self.config.threads_per_instance)
-                m.prepare(buckets, samples)
+                m.prepare([1] if self.config.batching == "off" else buckets, samples)
+                # The first instance verifies; the others, and rebuilds, reuse its answer.
+                if not verdict.decide(m, samples).batched:
+                    m.unbatch()
                 return m
 
             pool = InstancePool(
@@ -178,11 +185,18 @@ class ServedModel:
         self.signature_key = first.signature.signature_key
         self.batchable = first.batchable
         self.buckets = first.buckets
+        assert verdict.decision is not None, "every instance decides before it is ready"
+        self.batching = verdict.decision
+        mm.batching(self.batching.check)
         # Every model takes any number of rows: batchable ones are padded to a bucket,
         # fixed-batch ones run one chunk per invoke. So the batch dimension is -1.
         self.inputs = tuple(_batch_dim(s) for s in first.signature.inputs)
         self.outputs = tuple(_batch_dim(s) for s in first.signature.outputs)
-        if not self.batchable:
+        if self.batching.check in ("unsafe", "unverifiable"):
+            log.warning("model %s v%s %s", self.name, self.version, self.batching.reason)
+        elif self.batching.check == "trusted":
+            log.info("model %s v%s: %s", self.name, self.version, self.batching.reason)
+        elif not self.batchable and self.batching.check != "off":
             log.warning(
                 "model %s v%s cannot be resized to other batch sizes: serving it unbatched "
                 "(%d row(s) per invoke, %d instance(s))",
@@ -190,6 +204,14 @@ class ServedModel:
                 self.version,
                 first.chunk,
                 self.config.instances,
+            )
+        elif self.batching.check == "verified":
+            log.info(
+                "model %s v%s %s in %.0f ms",
+                self.name,
+                self.version,
+                self.batching.reason,
+                self.batching.seconds * 1000,
             )
         self._pool = pool
         pool.on_all_dead = self._instances_lost
@@ -204,7 +226,8 @@ class ServedModel:
         )
         self._batcher.start()
         mm.loaded(time.perf_counter() - start)
-        self._set_state("READY")
+        # Served, but not as configured: the index says why.
+        self._set_state("READY", "" if self.batching.batched else self.batching.reason)
         log.info(
             "model %s v%s ready: %d instance(s), execution %s, buckets %s, runtime %s",
             self.name,
@@ -323,6 +346,15 @@ class ServedModel:
             "outputs": [s.to_dict() for s in self.outputs],
             "batching": {
                 "dynamic": self.batchable,
+                "batch_safety": (
+                    {
+                        "check": self.batching.check,
+                        "batched": self.batching.batched,
+                        "reason": self.batching.reason,
+                    }
+                    if self.batching is not None
+                    else None
+                ),
                 "max_batch_size": self.config.max_batch_size,
                 "buckets": self.buckets,
                 "max_queue_delay_ms": self.config.max_queue_delay_ms,

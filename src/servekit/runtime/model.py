@@ -7,7 +7,9 @@ thread for its whole life.
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +35,32 @@ class ModelSignature:
     outputs: tuple[TensorSpec, ...]
     signature_key: str | None  # None when the model has no signature defs
     native_batch: int | None  # the first dimension baked into the file, None if dynamic
+
+
+_SOURCE_LOCATION = re.compile(r"(?:[\w.+-]+/)*[\w.+-]+\.(?:cc|cpp|c|h):\d+:?\s*")
+_FAILED_NODE = re.compile(r"\s*Node number \d+ \((\w+)\) failed to (\w+)\.?")
+
+
+def runtime_error_text(e: Exception) -> str:
+    """The interpreter's message in one line, without source paths:
+    'gather index out of boundsNode number 1 (GATHER) failed to invoke.' reads
+    'TFLite: gather index out of bounds (GATHER failed to invoke)'. The interpreter's
+    error reporter keeps earlier failures' messages too: only the last one is kept."""
+    text = _SOURCE_LOCATION.sub("", " ".join(str(e).split()))
+    failures = [
+        f"{before.strip()} ({m[1]} failed to {m[2]})".strip() for before, m in _failed_nodes(text)
+    ]
+    text = failures[-1] if failures else text.strip()
+    return f"TFLite: {text[:300] or type(e).__name__}"
+
+
+def _failed_nodes(text: str) -> list[tuple[str, re.Match[str]]]:
+    """Each 'Node number N (OP) failed to X.' with the message that precedes it."""
+    out, start = [], 0
+    for m in _FAILED_NODE.finditer(text):
+        out.append((text[start : m.start()], m))
+        start = m.end()
+    return out
 
 
 def read_model_bytes(path: Path) -> bytes:
@@ -135,8 +163,11 @@ class TFLiteModel:
         self.signature = _read_signature(self._interp)
         self._buckets: list[int] = []
         self._current: tuple[tuple[int, ...], ...] | None = None
-        # The batch size the interpreter runs at when the model cannot be resized.
+        # When not batchable: rows per invoke, and the batch size each invoke runs at
+        # (the file's when the model cannot be resized; a chunk is padded up to it).
         self._chunk = self.signature.native_batch or 1
+        self._invoke_rows = self._chunk
+        self._resizable = False
         self._pad_buffers: dict[tuple[str, int], Array] = {}
         self._samples: Mapping[str, Array] | None = None
         # rows -> the invokes that run them (see ``padding_plan``), for batchable models.
@@ -162,6 +193,14 @@ class TFLiteModel:
     def chunk(self) -> int:
         """Rows per invoke when the model is not batchable."""
         return self._chunk
+
+    @property
+    def input_specs(self) -> tuple[TensorSpec, ...]:
+        return self.signature.inputs
+
+    @property
+    def output_specs(self) -> tuple[TensorSpec, ...]:
+        return self.signature.outputs
 
     # -- warm-up ---------------------------------------------------------------------
 
@@ -190,6 +229,7 @@ class TFLiteModel:
                 log.info("resize to other batch sizes failed: %s", e)
                 ok = False
         self._samples = samples
+        self._resizable = ok
         if ok:
             self._buckets = sorted(buckets)
             self._plan = padding_plan(costs)
@@ -201,6 +241,39 @@ class TFLiteModel:
         self._invoke_at(self._chunk, chunk)
         self.invoke_costs = {self._chunk: self._time_invoke(self._chunk, chunk)}
         return False
+
+    def unbatch(self) -> None:
+        """Serve one row per invoke from now on: the model's rows are not independent
+        when stacked (or batching is off). A resizable model runs at batch size 1; a
+        fixed-batch one pads each row to its batch size."""
+        self._buckets, self._plan = [], {}
+        self._chunk = 1
+        self._invoke_rows = 1 if self._resizable else self._invoke_rows
+        batch = self._warmup_batch(self._invoke_rows, self._samples)
+        self._invoke_at(self._invoke_rows, batch)
+        self.invoke_costs = {1: self._time_invoke(self._invoke_rows, batch)}
+
+    def stacked_row_counts(self) -> list[int]:
+        """Row counts that exercise every way ``run`` puts rows into one invoke: each
+        bucket full, the count just above each smaller bucket (padded, or split), one row
+        padded when 1 is not a bucket, or a fixed-batch model's full chunk."""
+        if not self._buckets:
+            return [self._chunk] if self._chunk > 1 else []
+        counts = {b for b in self._buckets if b > 1}
+        counts |= {a + 1 for a, b in itertools.pairwise(self._buckets) if a + 1 < b}
+        if self._buckets[0] > 1:
+            counts.add(1)
+        return sorted(counts)
+
+    def run_rows_alone(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
+        """Each row in an invoke of its own, at batch size 1 when the model resizes."""
+        size = 1 if self._resizable else self._invoke_rows
+        rows = len(next(iter(inputs.values())))
+        try:
+            parts = [self._run_chunk(inputs, i, i + 1, size) for i in range(rows)]
+        except (ValueError, RuntimeError) as e:
+            raise InferenceFailed(runtime_error_text(e)) from e
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def _time_invoke(self, rows: int, batch: Mapping[str, Array]) -> float:
         """The best of two warm invokes (the first one, before this, also packs weights
@@ -287,7 +360,8 @@ class TFLiteModel:
         if plan is None:
             # Not batchable (or over the largest bucket): full chunks, the last padded.
             step = self._buckets[-1] if self._buckets else self._chunk
-            plan = tuple((min(step, rows - start), step) for start in range(0, rows, step))
+            size = self._buckets[-1] if self._buckets else self._invoke_rows
+            plan = tuple((min(step, rows - start), size) for start in range(0, rows, step))
         try:
             if len(plan) == 1:
                 return self._run_chunk(inputs, 0, rows, plan[0][1])
@@ -296,7 +370,7 @@ class TFLiteModel:
                 parts.append(self._run_chunk(inputs, start, start + n, bucket))
                 start += n
         except (ValueError, RuntimeError) as e:
-            raise InferenceFailed(f"interpreter failed: {e}") from e
+            raise InferenceFailed(runtime_error_text(e)) from e
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def _run_chunk(

@@ -102,6 +102,11 @@ class V2ModelMetadataResponse(BaseModel):
     platform: str = Field(description="'tensorflow_lite'.")
     inputs: list[V2TensorMetadata]
     outputs: list[V2TensorMetadata]
+    parameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="servekit's own: 'batching' (buckets, instances, and batch_safety: "
+        "how it was decided at load whether requests' rows may share an invoke).",
+    )
 
 
 class V2ModelReadyResponse(BaseModel):

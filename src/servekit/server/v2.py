@@ -79,12 +79,14 @@ def _tensor(spec: TensorSpec) -> dict[str, Any]:
 
 
 def _metadata(registry: ModelRegistry, model: ServedModel) -> dict[str, Any]:
+    meta = model.metadata()
     return {
         "name": model.name,
         "versions": [str(m.version) for m in registry.all() if m.name == model.name and m.ready],
-        "platform": model.metadata()["platform"],
+        "platform": meta["platform"],
         "inputs": [_tensor(s) for s in model.inputs],
         "outputs": [_tensor(s) for s in model.outputs],
+        "parameters": {"batching": meta["batching"]},
     }
 
 
