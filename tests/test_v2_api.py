@@ -80,6 +80,8 @@ def test_tritonclient_model_metadata_and_ready(
 ) -> None:
     assert tc.is_model_ready("multi", version)
     meta = tc.get_model_metadata("multi", version)
+    batching = meta.pop("parameters")["batching"]
+    assert batching["batch_safety"]["check"] == "verified"
     assert meta == {
         "name": "multi",
         "versions": ["1"],
