@@ -16,6 +16,7 @@ real servekit.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -39,6 +40,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from conftest import ARTIFACTS, DEMO, REPO, ROOT, ServerProcess, digits_rows, free_port
 from monitoring_support import MONITORING, ensure_prometheus
+from test_install import INSPECT, installed_versions, locked_versions, uv_version
 
 DOCKER_DIR = ROOT / "deploy" / "docker"
 DOCKERFILE = DOCKER_DIR / "Dockerfile"
@@ -109,6 +111,11 @@ def test_dockerignore_keeps_the_build_context_small() -> None:
             copied |= {w.rstrip("/") for w in words[1:-1]}  # sources; the last is the target
     assert copied == allowed
     assert "**/__pycache__" in lines and "**/*.egg-info" in lines
+
+
+def test_the_image_installs_with_the_uv_of_install_sh() -> None:
+    found = re.search(r"^ARG UV_VERSION=(\S+)$", DOCKERFILE.read_text(), re.MULTILINE)
+    assert found and found[1] == uv_version(), "deploy/docker/Dockerfile's uv is not install.sh's"
 
 
 # -- a Docker engine, a base image and the servekit image -------------------------------
@@ -575,6 +582,18 @@ def test_health_check_speaks_https_when_servekit_does(
     )
     assert r.status_code == 200, r.text
     assert_drained_exit(c)
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(1800)
+def test_image_holds_exactly_the_locked_runtime_packages(docker: Docker, image: str) -> None:
+    python = ["--entrypoint", "/opt/servekit/bin/python", image, "-I", "-c", INSPECT]
+    done = docker("run", "--rm", "--network", "none", *python)
+    inspected = json.loads(done.stdout)
+    installed = installed_versions(inspected)
+    # servekit and its dependencies at uv.lock's versions for the image's Python: no
+    # extras, no pip or setuptools.
+    assert installed == locked_versions([], inspected["environment"])
 
 
 # -- docker compose ---------------------------------------------------------------------
