@@ -26,7 +26,9 @@ done
 exec 9>".install.lock"
 flock 9
 
-if [ "$("$TOOLS/bin/uv" --version 2>/dev/null)" != "uv $UV_VERSION" ]; then
+# `uv --version` prints "uv 0.13.9 (x86_64-unknown-linux-gnu)": compare its first two words.
+installed=$("$TOOLS/bin/uv" --version 2>/dev/null | cut -d' ' -f1,2 || true)
+if [ "$installed" != "uv $UV_VERSION" ]; then
   "$PYTHON" -m venv "$TOOLS"
   "$TOOLS/bin/python" -m pip install -q --disable-pip-version-check "uv==$UV_VERSION"
 fi
