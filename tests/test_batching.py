@@ -22,7 +22,7 @@ from servekit.errors import DeadlineExceeded, Overloaded, ShuttingDown
 from servekit.metrics import Metrics
 from servekit.pool import InstancePool
 from servekit.repository import ModelSource, ServedModel
-from servekit.runtime import TFLiteModel, read_model_bytes
+from servekit.runtime import ModelRunner, TFLiteModel, read_model_bytes
 from servekit.tensors import Array
 
 CONTENT = read_model_bytes(model_path("digits"))
@@ -182,15 +182,15 @@ SLOW = MODELS / "slow" / "slow" / "1" / "model.tflite"  # ~17 ms an invoke
 
 
 def spy_threads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The thread idents TFLiteModel.run is called from, in order."""
+    """The thread idents ModelRunner.run is called from, in order."""
     ran_in: list[int] = []
-    real_run = TFLiteModel.run
+    real_run = ModelRunner.run
 
-    def spied_run(self: TFLiteModel, inputs: Mapping[str, Array]) -> dict[str, Array]:
+    def spied_run(self: ModelRunner, inputs: Mapping[str, Array]) -> dict[str, Array]:
         ran_in.append(threading.get_ident())
         return real_run(self, inputs)
 
-    monkeypatch.setattr(TFLiteModel, "run", spied_run)
+    monkeypatch.setattr(ModelRunner, "run", spied_run)
     return ran_in
 
 

@@ -82,9 +82,10 @@ def test_inspect_prints_the_signature() -> None:
     ("args", "words"),
     [
         (["serve", "does/not/exist"], ["does/not/exist", "does not exist"]),
-        (["serve", "pyproject.toml"], ["not a .tflite file"]),
+        (["serve", "pyproject.toml"], ["not a model file: expected .tflite", "repository"]),
         (["serve", "tests"], ["no models in tests"]),
-        (["inspect", "pyproject.toml"], ["not a TFLite model"]),
+        (["inspect", "pyproject.toml"], ["not a model file: expected .tflite"]),
+        (["inspect", "README.md.tflite"], ["README.md.tflite"]),
         (["serve", "--port", "99999"], ["port"]),
         (["serve", "--port", "abc"], ["--port"]),
         (["--bogus"], ["--bogus"]),

@@ -3,7 +3,7 @@ restored goes UNAVAILABLE with its reason.
 
 An interpreter that stays broken after a failed invoke cannot be provoked with a real
 model (the real fault model in test_hardening recovers by itself), so this is the one
-place with fault injection: a real TFLiteModel subclass that breaks on command.
+place with fault injection: a real ModelRunner subclass that breaks on command.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from servekit.config import ModelConfig
 from servekit.errors import InferenceFailed, NotReady
 from servekit.metrics import Metrics
 from servekit.repository import ModelSource, ServedModel
-from servekit.runtime import TFLiteModel
+from servekit.runtime import ModelRunner, Session
 from servekit.tensors import Array
 
 
-class Breakable(TFLiteModel):
+class Breakable(ModelRunner):
     """A real interpreter; once ``broken`` is set, every run fails (probes included)."""
 
     broken = threading.Event()
@@ -37,12 +37,12 @@ class Breakable(TFLiteModel):
     built_in: ClassVar[list[int]] = []  # the thread of each build
     ran_in: ClassVar[list[int]] = []  # the thread of each run
 
-    def __init__(self, content: bytes, *, num_threads: int = 1) -> None:
+    def __init__(self, session: Session) -> None:
         Breakable.builds += 1
         Breakable.built_in.append(threading.get_ident())
         if Breakable.builds_fail.is_set():
             raise RuntimeError("cannot build an interpreter (injected)")
-        super().__init__(content, num_threads=num_threads)
+        super().__init__(session)
 
     def run(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
         Breakable.ran_in.append(threading.get_ident())
@@ -70,7 +70,7 @@ def served(
     Breakable.builds = 0
     Breakable.built_in = []
     Breakable.ran_in = []
-    monkeypatch.setattr(repository_module, "TFLiteModel", Breakable)
+    monkeypatch.setattr(repository_module, "ModelRunner", Breakable)
     monkeypatch.setattr(pool_module, "INLINE_MAX_BATCH_S", 0.0)
     shutil.copytree(REPO / "digits", tmp_path / "digits")
     source = ModelSource("digits", 1, tmp_path / "digits" / "1" / "model.tflite", None)
@@ -92,9 +92,9 @@ async def test_broken_instance_is_replaced_and_serving_goes_on(served: ServedMod
     Breakable.broken.set()
     original_init = Breakable.__init__
 
-    def healing_init(self: Breakable, content: bytes, *, num_threads: int = 1) -> None:
+    def healing_init(self: Breakable, session: Session) -> None:
         Breakable.broken.clear()  # the fresh interpreter is healthy
-        original_init(self, content, num_threads=num_threads)
+        original_init(self, session)
 
     Breakable.__init__ = healing_init  # type: ignore[method-assign]
     runs_before = len(Breakable.ran_in)

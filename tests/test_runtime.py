@@ -8,7 +8,7 @@ import pytest
 from conftest import MODELS, digits_rows, direct_predict, model_path
 from servekit.errors import BadInput
 from servekit.runtime import TFLiteModel, read_model_bytes
-from servekit.runtime.model import padding_plan
+from servekit.runtime.runner import padding_plan
 
 
 def load(name: str) -> TFLiteModel:

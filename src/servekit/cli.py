@@ -205,7 +205,7 @@ def serve(
 
 @app.command()
 def inspect(
-    model: Annotated[Path, typer.Argument(help="A .tflite file.")],
+    model: Annotated[Path, typer.Argument(help="A model file (.tflite, .onnx).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Print a model's inputs and outputs (name, dtype, shape, quantization).
@@ -214,17 +214,19 @@ def inspect(
 
       servekit inspect model.tflite
     """
-    from servekit.runtime import TFLiteModel, read_model_bytes, runtime_name
+    from servekit.runtime import backend_for_file
 
     try:
-        m = TFLiteModel(read_model_bytes(model))
+        backend = backend_for_file(model)
+        sig = backend.load(backend.read(model), 1).signature
     except ServekitError as e:
         fail(str(e))
-    sig = m.signature
     if as_json:
         console.print_json(
             json.dumps(
                 {
+                    "platform": backend.platform,
+                    "runtime": backend.runtime_name(),
                     "signature": sig.signature_key,
                     "inputs": [s.to_dict() for s in sig.inputs],
                     "outputs": [s.to_dict() for s in sig.outputs],
@@ -233,7 +235,8 @@ def inspect(
         )
         return
     table = Table(
-        title=f"{model.name} (signature: {sig.signature_key or 'none'}, runtime: {runtime_name()})"
+        title=f"{model.name} (signature: {sig.signature_key or 'none'}, "
+        f"runtime: {backend.runtime_name()})"
     )
     for col in ("kind", "name", "datatype", "shape", "quantization"):
         table.add_column(col)

@@ -40,6 +40,11 @@ class ModelConfig(BaseModel):
     max_queue_delay_ms: float = Field(
         0.0, ge=0, description="Wait this long for a fuller batch; 0 runs at once when idle."
     )
+    backend: str | None = Field(
+        None,
+        description="The runtime: 'tflite' or 'onnx' (its file in each version folder: "
+        "model.tflite, model.onnx); unset: the model file found picks it.",
+    )
     batching: BatchingMode = Field(
         "auto",
         description=(

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from servekit.config import Execution
 from servekit.errors import InferenceFailed, ServekitError
 from servekit.metrics import ModelMetrics
-from servekit.runtime import TFLiteModel
+from servekit.runtime import ModelRunner
 from servekit.tensors import Array
 
 log = logging.getLogger(__name__)
@@ -67,15 +67,15 @@ class Instance(threading.Thread):
     def __init__(
         self,
         name: str,
-        factory: Callable[[], TFLiteModel],
-        ready: concurrent.futures.Future[TFLiteModel],
+        factory: Callable[[], ModelRunner],
+        ready: concurrent.futures.Future[ModelRunner],
         metrics: ModelMetrics,
     ) -> None:
         super().__init__(name=name, daemon=True)
         self._factory = factory
         self._ready = ready
         self._metrics = metrics
-        self.model: TFLiteModel | None = None  # set by this thread once built
+        self.model: ModelRunner | None = None  # set by this thread once built
         self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self.dead_reason = ""  # set when the instance is beyond repair
         self.replacements = 0
@@ -146,7 +146,7 @@ class Instance(threading.Thread):
         if self.model is not None:
             self.model = self._recover(self.model)
 
-    def _recover(self, model: TFLiteModel) -> TFLiteModel | None:
+    def _recover(self, model: ModelRunner) -> ModelRunner | None:
         """After a failed batch: keep the interpreter if it still runs a warm-up row,
         else build a fresh one; None (and ``dead_reason`` set) if even that fails."""
         try:
@@ -177,13 +177,13 @@ INLINE_MAX_BATCH_S = 0.0002
 INLINE_WHEN_ALONE_MAX_S = 0.01
 
 
-def _variable_inner_dims(model: TFLiteModel) -> bool:
+def _variable_inner_dims(model: ModelRunner) -> bool:
     """Warm-up ran such a model at size 1; real requests may be far larger (and resize
     the interpreter), so its warm-up timings bound nothing."""
     return any(d < 0 for spec in model.signature.inputs for d in spec.shape[1:])
 
 
-def cheap_enough_to_inline(model: TFLiteModel, max_rows: int) -> bool:
+def cheap_enough_to_inline(model: ModelRunner, max_rows: int) -> bool:
     """``auto``'s choice: does the largest batch of ``max_rows`` rows surely compute in
     under ``INLINE_MAX_BATCH_S``? Never for variable inner dimensions."""
     if _variable_inner_dims(model):
@@ -194,7 +194,7 @@ def cheap_enough_to_inline(model: TFLiteModel, max_rows: int) -> bool:
     return model.slowest_invoke_s * invokes < INLINE_MAX_BATCH_S
 
 
-def rows_inline_when_alone(model: TFLiteModel, max_rows: int) -> int:
+def rows_inline_when_alone(model: ModelRunner, max_rows: int) -> int:
     """The most rows a lone batch may have for ``auto`` to run it inline: the largest
     number whose batch computed within ``INLINE_WHEN_ALONE_MAX_S`` at warm-up (0: none)."""
     if _variable_inner_dims(model):
@@ -220,7 +220,7 @@ class InstancePool:
 
     def __init__(
         self,
-        factory: Callable[[], TFLiteModel],
+        factory: Callable[[], ModelRunner],
         size: int,
         metrics: ModelMetrics,
         name: str,
@@ -238,7 +238,7 @@ class InstancePool:
         self._name = name
         self._workers: list[Instance] = []
         self._idle: asyncio.Queue[Instance] = asyncio.Queue()
-        self.model: TFLiteModel | None = None  # one instance, read for its signature
+        self.model: ModelRunner | None = None  # one instance, read for its signature
         self.alive = 0
         # Called (on the event loop) with the reason when the last instance is lost.
         self.on_all_dead: Callable[[str], None] | None = None
@@ -247,11 +247,11 @@ class InstancePool:
     def size(self) -> int:
         return self._size
 
-    async def start(self) -> TFLiteModel:
+    async def start(self) -> ModelRunner:
         """Start the workers; returns once every instance is loaded and warm."""
-        readies: list[concurrent.futures.Future[TFLiteModel]] = []
+        readies: list[concurrent.futures.Future[ModelRunner]] = []
         for i in range(self._size):
-            ready: concurrent.futures.Future[TFLiteModel] = concurrent.futures.Future()
+            ready: concurrent.futures.Future[ModelRunner] = concurrent.futures.Future()
             w = Instance(f"{self._name}-{i}", self._factory, ready, self._metrics)
             w.start()
             self._workers.append(w)

@@ -1,8 +1,9 @@
 """Model repository and registry: which models exist, which are loaded, and their state.
 
-A repository is a folder ``<repo>/<model>/<version>/model.tflite`` with an optional
-``<repo>/<model>/config.yaml``; version folders are positive integers. A single
-``.tflite`` file is served as model ``<file stem>``, version 1.
+A repository is a folder ``<repo>/<model>/<version>/<model file>`` (``model.tflite``,
+``model.onnx``: one per runtime in ``servekit.runtime.BACKENDS``) with an optional
+``<repo>/<model>/config.yaml``; version folders are positive integers. A single model
+file is served as model ``<file stem>``, version 1.
 """
 
 from __future__ import annotations
@@ -27,13 +28,13 @@ from servekit.config import ModelConfig
 from servekit.errors import BadInput, Forbidden, NotFound, NotReady, ServekitError
 from servekit.metrics import Metrics
 from servekit.pool import InstancePool, Outputs
-from servekit.runtime import TFLiteModel, read_model_bytes, runtime_name
+from servekit.runtime import BACKENDS, Backend, ModelRunner, backend_for_file, backend_named
 from servekit.runtime.batchsafety import BatchingDecision, BatchingVerdict
 from servekit.tensors import Array, TensorSpec, check_inputs
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.tflite"
+MODEL_FILES = tuple(b.model_file for b in BACKENDS.values())
 CONFIG_FILE = "config.yaml"
 SAMPLE_FILE = "sample_request.json"
 WARMUP_DIR = "warmup"
@@ -45,7 +46,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 class ModelSource:
     name: str
     version: int
-    path: Path  # the .tflite file
+    path: Path  # the model file (with several in a version folder: the first of MODEL_FILES)
     config_path: Path | None
     # An example request body (TF Serving row format) shown in /docs, if the model has one.
     sample_request_path: Path | None = None
@@ -69,21 +70,30 @@ def scan_model_dir(model_dir: Path) -> list[ModelSource]:
         ModelSource(
             name,
             int(v.name),
-            v / MODEL_FILE,
+            model_file,
             config if config.exists() else None,
             sample if sample.is_file() else None,
         )
         for v in model_dir.iterdir()
-        if v.is_dir() and v.name.isdigit() and int(v.name) > 0 and (v / MODEL_FILE).is_file()
+        if v.is_dir()
+        and v.name.isdigit()
+        and int(v.name) > 0
+        and (model_file := _model_file(v)) is not None
     ]
     return sorted(out, key=lambda s: s.version)
+
+
+def _model_file(version_dir: Path) -> Path | None:
+    return next((f for name in MODEL_FILES if (f := version_dir / name).is_file()), None)
 
 
 def scan(path: Path) -> list[ModelSource]:
     """Every model version a path offers: one file, or a repository folder."""
     if path.is_file():
-        if path.suffix != ".tflite":
-            raise BadInput(f"{path} is not a .tflite file or a model repository folder")
+        try:
+            backend_for_file(path)
+        except BadInput as e:
+            raise BadInput(f"{e}, or a model repository folder") from None
         sample = next(
             (
                 p
@@ -101,7 +111,8 @@ def scan(path: Path) -> list[ModelSource]:
             sources.extend(scan_model_dir(model_dir))
     if not sources:
         raise BadInput(
-            f"no models in {path}: expected <repo>/<model>/<version>/{MODEL_FILE} or a .tflite file"
+            f"no models in {path}: expected <repo>/<model>/<version>/<one of {list(MODEL_FILES)}> "
+            "or a model file"
         )
     return sources
 
@@ -148,20 +159,33 @@ class ServedModel:
     def version(self) -> int:
         return self.source.version
 
+    def backend_and_file(self) -> tuple[Backend, Path]:
+        """The runtime that serves this version, and its file: the config's ``backend``
+        if set (its file in the version folder), else the one the found file names."""
+        if self.config.backend is None:
+            return backend_for_file(self.source.path), self.source.path
+        backend = backend_named(self.config.backend)
+        return backend, self.source.path.with_name(backend.model_file)
+
+    @property
+    def backend(self) -> Backend:
+        return self.backend_and_file()[0]
+
     async def load(self) -> None:
         """Load every instance, warm every bucket, then start batching."""
         mm = self.metrics.for_model(self.name, str(self.version))
         self._set_state("LOADING")
         start = time.perf_counter()
         try:
-            content = await asyncio.to_thread(read_model_bytes, self.source.path)
+            backend, path = self.backend_and_file()
+            content = await asyncio.to_thread(backend.read, path)
             samples = await asyncio.to_thread(read_warmup_samples, self.source)
             buckets = self.config.buckets()
 
             verdict = BatchingVerdict(self.config.batching)
 
-            def make_instance() -> TFLiteModel:
-                m = TFLiteModel(content, num_threads=self.config.threads_per_instance)
+            def make_instance() -> ModelRunner:
+                m = ModelRunner(backend.load(content, self.config.threads_per_instance))
                 m.prepare([1] if self.config.batching == "off" else buckets, samples)
                 # The first instance verifies; the others, and rebuilds, reuse its answer.
                 if not verdict.decide(m, samples).batched:
@@ -240,7 +264,7 @@ class ServedModel:
                 else ""
             ),
             self.buckets or "none",
-            runtime_name(),
+            self.backend.runtime_name(),
         )
 
     async def unload(self, drain_timeout_s: float) -> None:
@@ -339,8 +363,8 @@ class ServedModel:
         return {
             "name": self.name,
             "version": str(self.version),
-            "platform": "tensorflow_lite",
-            "runtime": runtime_name(),
+            "platform": self.backend.platform,
+            "runtime": self.backend.runtime_name(),
             "signature": self.signature_key,
             "inputs": [s.to_dict() for s in self.inputs],
             "outputs": [s.to_dict() for s in self.outputs],
@@ -491,7 +515,8 @@ class ModelRegistry:
             sources = self._sources(name)
             if not sources:
                 raise NotFound(
-                    f"model '{name}' has no versions: expected {name}/<version>/{MODEL_FILE}"
+                    f"model '{name}' has no versions: expected {name}/<version>/<one of "
+                    f"{list(MODEL_FILES)}>"
                 )
             config = self.config_for(sources[0], override)
             await self._load_versions(

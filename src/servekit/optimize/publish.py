@@ -13,7 +13,8 @@ import yaml
 
 from servekit.config import ModelConfig
 from servekit.optimize.common import OptimizeError
-from servekit.repository import CONFIG_FILE, MODEL_FILE, check_name
+from servekit.repository import CONFIG_FILE, check_name
+from servekit.runtime import TFLITE
 
 REPORT_FILE = "report.json"
 CONFIG_HEADER = (
@@ -68,12 +69,12 @@ def publish(folder: Path, content: bytes, report: dict[str, Any]) -> tuple[Path,
     except OSError as e:
         raise OptimizeError(f"cannot write to {folder}: {e.strerror or e}") from None
     try:
-        (tmp / MODEL_FILE).write_bytes(content)
+        (tmp / TFLITE.model_file).write_bytes(content)
         for _ in range(100):  # another writer may take a number first
             version = next_version(folder)
             target = folder / str(version)
             report["version"] = version
-            report["path"] = str(target / MODEL_FILE)
+            report["path"] = str(target / TFLITE.model_file)
             (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
             tmp.chmod(0o755)
             try:

@@ -1,6 +1,8 @@
-"""One TFLite interpreter: signature, batch-size buckets, padded invoke.
+"""Batches of any row count on one runtime session: batch-size buckets warmed up at
+load, a pad-or-split plan per row count, fixed-batch chunks, and one row per invoke for
+models that must not be batched. Runtime-neutral: the session does the invoking.
 
-A ``TFLiteModel`` is not thread-safe; the pool gives each one to a single worker
+A ``ModelRunner`` is not thread-safe; the pool gives each one to a single worker
 thread for its whole life.
 """
 
@@ -9,111 +11,16 @@ from __future__ import annotations
 import bisect
 import itertools
 import logging
-import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from servekit.errors import BadInput, InferenceFailed
-from servekit.runtime.interpreter import interpreter_class
-from servekit.tensors import Array, Quantization, TensorSpec
+from servekit.runtime.base import Session
+from servekit.tensors import Array, TensorSpec
 
 log = logging.getLogger(__name__)
-
-SERVING_SIGNATURE = "serving_default"
-
-
-@dataclass(frozen=True, slots=True)
-class ModelSignature:
-    """What a model takes and gives, as loaded (before batch detection)."""
-
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    signature_key: str | None  # None when the model has no signature defs
-    native_batch: int | None  # the first dimension baked into the file, None if dynamic
-
-
-_SOURCE_LOCATION = re.compile(r"(?:[\w.+-]+/)*[\w.+-]+\.(?:cc|cpp|c|h):\d+:?\s*")
-_FAILED_NODE = re.compile(r"\s*Node number \d+ \((\w+)\) failed to (\w+)\.?")
-
-
-def runtime_error_text(e: Exception) -> str:
-    """The interpreter's message in one line, without source paths:
-    'gather index out of boundsNode number 1 (GATHER) failed to invoke.' reads
-    'TFLite: gather index out of bounds (GATHER failed to invoke)'. The interpreter's
-    error reporter keeps earlier failures' messages too: only the last one is kept."""
-    text = _SOURCE_LOCATION.sub("", " ".join(str(e).split()))
-    failures = [
-        f"{before.strip()} ({m[1]} failed to {m[2]})".strip() for before, m in _failed_nodes(text)
-    ]
-    text = failures[-1] if failures else text.strip()
-    return f"TFLite: {text[:300] or type(e).__name__}"
-
-
-def _failed_nodes(text: str) -> list[tuple[str, re.Match[str]]]:
-    """Each 'Node number N (OP) failed to X.' with the message that precedes it."""
-    out, start = [], 0
-    for m in _FAILED_NODE.finditer(text):
-        out.append((text[start : m.start()], m))
-        start = m.end()
-    return out
-
-
-def read_model_bytes(path: Path) -> bytes:
-    """Read a .tflite file, refusing anything that is not a TFLite flatbuffer."""
-    try:
-        content = path.read_bytes()
-    except OSError as e:
-        raise BadInput(f"cannot read model file {path}: {e.strerror or e}") from None
-    # A TFLite flatbuffer carries the identifier "TFL3" at byte offset 4.
-    if len(content) < 8 or content[4:8] != b"TFL3":
-        raise BadInput(f"{path} is not a TFLite model (no TFL3 identifier)")
-    return content
-
-
-def _spec(name: str, details: Mapping[str, Any]) -> TensorSpec:
-    shape_sig = details.get("shape_signature")
-    shape = tuple(
-        int(d)
-        for d in (shape_sig if shape_sig is not None and len(shape_sig) else details["shape"])
-    )
-    scale, zero_point = details.get("quantization", (0.0, 0))
-    quant = Quantization(float(scale), int(zero_point)) if scale else None
-    return TensorSpec(
-        name=name,
-        dtype=np.dtype(details["dtype"]),
-        shape=shape,
-        quantization=quant,
-        index=int(details["index"]),
-    )
-
-
-def _read_signature(interp: Any) -> ModelSignature:
-    """Prefer the serving_default signature's names; else the raw tensor details."""
-    sigs: dict[str, Any] = {}
-    try:
-        sigs = interp._get_full_signature_list() or {}
-    except AttributeError:  # very old runtimes
-        sigs = {}
-    key = SERVING_SIGNATURE if SERVING_SIGNATURE in sigs else next(iter(sigs), None)
-    if key is not None and interp._interpreter.GetSubgraphIndexFromSignature(key) == 0:
-        by_index_in = {d["index"]: d for d in interp.get_input_details()}
-        by_index_out = {d["index"]: d for d in interp.get_output_details()}
-        inputs = tuple(_spec(n, by_index_in[i]) for n, i in sorted(sigs[key]["inputs"].items()))
-        outputs = tuple(_spec(n, by_index_out[i]) for n, i in sorted(sigs[key]["outputs"].items()))
-    else:
-        if key is not None:
-            log.warning("signature %r is not the main subgraph; using tensor names", key)
-            key = None
-        inputs = tuple(_spec(d["name"], d) for d in interp.get_input_details())
-        outputs = tuple(_spec(d["name"], d) for d in interp.get_output_details())
-    firsts = {s.shape[0] for s in inputs if s.shape}
-    native = None if -1 in firsts or len(firsts) != 1 else firsts.pop()
-    return ModelSignature(inputs, outputs, key, native)
 
 
 # How a row count runs: (rows, bucket) per invoke, in order.
@@ -151,18 +58,13 @@ def padding_plan(costs: Mapping[int, float]) -> dict[int, Plan]:
     return {rows: plan for rows, (_, plan) in best.items() if rows}
 
 
-class TFLiteModel:
-    """One interpreter and the batch sizes it has been allocated for."""
+class ModelRunner:
+    """One runtime session and the batch sizes it has been warmed up for."""
 
-    def __init__(self, content: bytes, *, num_threads: int = 1) -> None:
-        try:
-            self._interp = interpreter_class()(model_content=content, num_threads=num_threads)
-            self._interp.allocate_tensors()
-        except (ValueError, RuntimeError) as e:
-            raise BadInput(f"the TFLite runtime cannot load this model: {e}") from None
-        self.signature = _read_signature(self._interp)
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.signature = session.signature
         self._buckets: list[int] = []
-        self._current: tuple[tuple[int, ...], ...] | None = None
         # When not batchable: rows per invoke, and the batch size each invoke runs at
         # (the file's when the model cannot be resized; a chunk is padded up to it).
         self._chunk = self.signature.native_batch or 1
@@ -225,7 +127,7 @@ class TFLiteModel:
                         ok = False
                         break
                     costs[b] = self._time_invoke(b, batch)
-            except (ValueError, RuntimeError) as e:
+            except InferenceFailed as e:
                 log.info("resize to other batch sizes failed: %s", e)
                 ok = False
         self._samples = samples
@@ -269,10 +171,7 @@ class TFLiteModel:
         """Each row in an invoke of its own, at batch size 1 when the model resizes."""
         size = 1 if self._resizable else self._invoke_rows
         rows = len(next(iter(inputs.values())))
-        try:
-            parts = [self._run_chunk(inputs, i, i + 1, size) for i in range(rows)]
-        except (ValueError, RuntimeError) as e:
-            raise InferenceFailed(runtime_error_text(e)) from e
+        parts = [self._run_chunk(inputs, i, i + 1, size) for i in range(rows)]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def _time_invoke(self, rows: int, batch: Mapping[str, Array]) -> float:
@@ -325,21 +224,8 @@ class TFLiteModel:
 
     # -- running ---------------------------------------------------------------------
 
-    def _resize(self, shapes: tuple[tuple[int, ...], ...]) -> None:
-        if self._current == shapes:
-            return
-        self._current = None  # unknown until allocation succeeds
-        for s, shape in zip(self.signature.inputs, shapes, strict=True):
-            self._interp.resize_tensor_input(s.index, list(shape))
-        self._interp.allocate_tensors()
-        self._current = shapes
-
     def _invoke_at(self, rows: int, inputs: Mapping[str, Array]) -> dict[str, Array]:
-        self._resize(tuple(inputs[s.name].shape for s in self.signature.inputs))
-        for s in self.signature.inputs:
-            self._interp.set_tensor(s.index, inputs[s.name])
-        self._interp.invoke()
-        return {s.name: self._interp.get_tensor(s.index) for s in self.signature.outputs}
+        return self.session.invoke(inputs)
 
     def _padded(self, name: str, arr: Array, rows: int) -> Array:
         """``arr`` padded with zeros to ``rows`` rows, in a buffer reused across calls."""
@@ -362,15 +248,12 @@ class TFLiteModel:
             step = self._buckets[-1] if self._buckets else self._chunk
             size = self._buckets[-1] if self._buckets else self._invoke_rows
             plan = tuple((min(step, rows - start), size) for start in range(0, rows, step))
-        try:
-            if len(plan) == 1:
-                return self._run_chunk(inputs, 0, rows, plan[0][1])
-            parts, start = [], 0
-            for n, bucket in plan:
-                parts.append(self._run_chunk(inputs, start, start + n, bucket))
-                start += n
-        except (ValueError, RuntimeError) as e:
-            raise InferenceFailed(runtime_error_text(e)) from e
+        if len(plan) == 1:
+            return self._run_chunk(inputs, 0, rows, plan[0][1])
+        parts, start = [], 0
+        for n, bucket in plan:
+            parts.append(self._run_chunk(inputs, start, start + n, bucket))
+            start += n
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def _run_chunk(
