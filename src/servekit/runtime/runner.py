@@ -157,14 +157,15 @@ class ModelRunner:
 
     def stacked_row_counts(self) -> list[int]:
         """Row counts that exercise every way ``run`` puts rows into one invoke: each
-        bucket full, the count just above each smaller bucket (padded, or split), one row
-        padded when 1 is not a bucket, or a fixed-batch model's full chunk."""
+        bucket full, and the count just above each smaller bucket (or one row, when 1 is
+        not a bucket) where its plan pads (a split is made of full buckets and smaller
+        plans, checked already); or a fixed-batch model's full chunk."""
         if not self._buckets:
             return [self._chunk] if self._chunk > 1 else []
         counts = {b for b in self._buckets if b > 1}
-        counts |= {a + 1 for a, b in itertools.pairwise(self._buckets) if a + 1 < b}
-        if self._buckets[0] > 1:
-            counts.add(1)
+        above = [1] if self._buckets[0] > 1 else []
+        above += [a + 1 for a, b in itertools.pairwise(self._buckets) if a + 1 < b]
+        counts |= {n for n in above if any(rows < size for rows, size in self._plan[n])}
         return sorted(counts)
 
     def run_rows_alone(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
