@@ -1,35 +1,29 @@
-"""A pool of interpreter instances, each built by its own thread.
+"""A pool of model instances, each built by its own thread.
 
 Two ways to run a batch (``execution`` in the model's config):
 
 - **thread**: the instance's thread runs it. Worker threads never touch asyncio objects:
   a job carries a ``concurrent.futures.Future`` that the event loop side awaits through
-  ``asyncio.wrap_future``. ``Interpreter.invoke`` releases the GIL, so N instances in N
-  threads use N cores.
+  ``asyncio.wrap_future``. Runtimes release the GIL while they compute, so N instances
+  in N threads use N cores.
 - **inline**: the event loop runs it itself (one instance; its thread ends once the
-  interpreter is built). A hand-off to a thread and back costs the loop tens of
-  microseconds, and more while the two threads trade the GIL: more than a small model's
-  whole batch computes in. Served on a 64-float dense model, inline execution gave
-  +40-78% requests/s at one client.
-  While a batch computes inline nothing else on the loop runs: no deadline timer fires
-  and no request is read, which is why ``auto`` keeps it to models whose largest batch
-  computes in under 0.2 ms. A scrape never sees such an instance busy (it is busy only
-  between two statements of the loop); the compute histogram still counts its batches.
+  instance is built). A hand-off to a thread and back costs the loop more than a small
+  model's whole batch takes to compute. While a batch computes inline nothing else on
+  the loop runs (no deadline timer fires, no request is read), which is why ``auto``
+  keeps it to models whose largest batch computed in under ``INLINE_MAX_BATCH_S`` at
+  warm-up. A scrape never sees such an instance busy; the compute histogram still
+  counts its batches.
 
 ``auto`` also runs a *lone* batch inline on a one-instance model it otherwise gives a
 thread: one request, when nothing else is queued or computing anywhere in the server
-process (``Batcher`` decides), of few enough rows to have computed in 10 ms at warm-up,
-and while the thread has no job of its own. On this 2-core VM a hand-off to an idle
-thread and back costs 0.1-0.5 ms, because both threads' cores must wake up: at one
-client, a third of what a 512-4096-4096-10 model's p50 exceeded its raw invoke by,
-beyond the HTTP floor. Once requests overlap, batches have company and run in the
-thread while the loop reads on. When at most one request arrives per compute (two
-closed-loop clients, or a trickle), each runs alone on the loop, one after another: no
-loss measured at 2 clients (239/257/230 against 245/244/221 req/s). What a lone batch
-costs everything else on the loop (reading requests, deadline timers, health checks,
-scrapes, other models) is a wait of at most its compute, 10 ms at most. If it fails,
-the probe or rebuild runs in a thread, not on the loop. One instance only: with two,
-a second request would wait for the first instead of taking the other instance's core.
+process (``Batcher`` decides), of few enough rows to have computed within
+``INLINE_WHEN_ALONE_MAX_S`` at warm-up, and while the thread has no job of its own. A
+hand-off to an idle thread wakes an idle core on the way there and back. Once requests
+overlap, batches have company and run in the thread while the loop reads on. What a
+lone batch costs everything else on the loop is a wait of at most its compute. If it
+fails, the probe or rebuild runs in a thread, not on the loop. One instance only: with
+two, a second request would wait for the first instead of taking the other core.
+``docs/performance.md`` has the measurements behind these rules.
 """
 
 from __future__ import annotations
@@ -166,9 +160,8 @@ class Instance(threading.Thread):
 
 
 # ``auto`` execution runs a model inline when its largest batch computes in less than
-# this at warm-up: about what a hand-off to a thread and back costs the event loop here
-# (0.04 ms while the loop is busy, 0.17-0.2 ms after it idled), so a batch blocks the
-# loop for no longer than handing it off would.
+# this at warm-up: about what a hand-off to a thread and back costs the event loop, so
+# a batch blocks the loop for no longer than handing it off would.
 INLINE_MAX_BATCH_S = 0.0002
 
 
