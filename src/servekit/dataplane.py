@@ -1,0 +1,195 @@
+"""The data plane: the one entry to servekit's core for every protocol.
+
+A protocol adapter (HTTP's TF Serving and V2 APIs today, gRPC later) only translates:
+its wire format into ``dict[str, ndarray]`` and back, and servekit's errors into its
+statuses. Everything in between happens here, the same for every protocol: which model
+version serves a request, whether it is ready, validation, queueing, and waiting for
+the result within the request's deadline unless the caller goes away first. The adapter
+supplies the deadline (``timeout_s`` of the decoded request) and the cancellation signal
+(an HTTP client that disconnected, a gRPC call that was cancelled).
+
+No web framework here: errors are ``servekit.errors``' and carry no status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+from servekit.errors import BadInput, ClientDisconnected, NotReady
+from servekit.repository import ModelRegistry, ServedModel
+
+if TYPE_CHECKING:
+    from servekit.tensors import Array
+
+    Outputs = dict[str, Array]
+
+# Returns once the caller has gone away (the adapter's cancellation signal).
+Cancelled = Callable[[], Awaitable[object]]
+
+# How long a request waits for its result before anyone watches for its caller leaving.
+# Most answers come sooner, and then no watcher is ever made (a task and a cancellation
+# per request: measurable on small models). A caller that leaves earlier is noticed at
+# this point all the same, while its request is still queued.
+WATCH_AFTER_S = 0.01
+
+
+class Decoded(Protocol):
+    """What the data plane needs of a decoded request; adapters add their own fields."""
+
+    @property
+    def inputs(self) -> Mapping[str, Array]: ...
+
+    @property
+    def timeout_s(self) -> float | None: ...  # None: the model's own deadline
+
+    @property
+    def priority(self) -> int: ...  # the batcher's order: lower is served first
+
+
+D = TypeVar("D", bound=Decoded)
+
+
+@dataclass(frozen=True, slots=True)
+class Inference(Generic[D]):
+    """A served request: the model version that answered, the request as the adapter
+    decoded it, and the outputs."""
+
+    model: ServedModel
+    request: D
+    outputs: Outputs
+
+
+class DataPlane:
+    """Model queries and inference, for every protocol adapter."""
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+
+    # -- queries ---------------------------------------------------------------------
+
+    def ready(self) -> bool:
+        """Every model due to load has a ready version."""
+        return self.registry.ready()
+
+    def models(self) -> list[ServedModel]:
+        """Every loaded model version, by name then version."""
+        return self.registry.all()
+
+    def versions(self, name: str) -> list[ServedModel]:
+        """Every loaded version of one model, oldest first; NotFound if there is none."""
+        found = [m for m in self.registry.all() if m.name == name]
+        if not found:
+            self.registry.get(name)  # raises NotFound naming the served models
+        return found
+
+    def model(self, name: str, version: str | None = None) -> ServedModel:
+        """A model version in any state (no version: the newest ready one).
+        NotFound for an unknown model or version; NotReady if no version is ready."""
+        return self.registry.get(name, version)
+
+    def ready_model(self, name: str, version: str | None = None) -> ServedModel:
+        """A model version that can serve now; NotReady (with its reason) otherwise."""
+        model = self.registry.get(name, version)
+        if not model.ready:
+            raise NotReady(
+                f"model '{model.name}' version {model.version} is {model.state}"
+                f"{': ' + model.reason if model.reason else ''}"
+            )
+        return model
+
+    def is_ready(self, name: str, version: str | None = None) -> bool:
+        """Whether the model (version) can serve now; NotFound if it is unknown."""
+        try:
+            return self.registry.get(name, version).ready
+        except NotReady:  # no version of the model is ready
+            return False
+
+    # -- inference -------------------------------------------------------------------
+
+    async def infer(
+        self,
+        name: str,
+        version: str | None,
+        decode: Callable[[ServedModel], D],
+        *,
+        cancelled: Cancelled | None = None,
+    ) -> Inference[D]:
+        """Serve one request on model ``name`` (``version``, or the newest ready one).
+
+        ``decode`` turns the adapter's request into inputs for the chosen model (it
+        needs the model's specs); a ``BadInput`` from it is counted against the model.
+        The request's ``timeout_s`` bounds its time in the queue and in compute
+        (``DeadlineExceeded``). If ``cancelled`` returns first, the request is dropped
+        (before compute, if it is still queued) and ``ClientDisconnected`` raised.
+        """
+        model, request, pending = self._queue(name, version, decode)
+        outputs = await _unless_cancelled(pending, cancelled)
+        return Inference(model, request, outputs)
+
+    def _queue(
+        self, name: str, version: str | None, decode: Callable[[ServedModel], D]
+    ) -> tuple[ServedModel, D, Coroutine[Any, Any, Outputs]]:
+        # Synchronous from choosing the version to queueing on it (ServedModel.submit
+        # queues before it returns): a version that starts draining in between cannot
+        # be picked, and what it has queued completes. Keep any await out of here.
+        model = self.ready_model(name, version)
+        try:
+            request = decode(model)
+        except BadInput:
+            model.count_invalid()
+            raise
+        pending = model.submit(
+            request.inputs, timeout_s=request.timeout_s, priority=request.priority
+        )
+        return model, request, pending
+
+
+T = TypeVar("T")
+
+
+async def _unless_cancelled(pending: Coroutine[Any, Any, T], cancelled: Cancelled | None) -> T:
+    """Await ``pending`` (a queued request) unless ``cancelled`` returns first.
+
+    If the result is not there within ``WATCH_AFTER_S``, a watcher task awaits
+    ``cancelled()``; if it returns (or raises) first, this task is cancelled, which
+    cancels the queued request (the batcher drops it before compute), and the caller
+    gets ``ClientDisconnected``. ``pending`` runs in this task, not a task of its own:
+    one task per request fewer on a path where tasks are a measurable share of the CPU.
+    """
+    if cancelled is None:
+        return await pending
+    task = asyncio.current_task()
+    assert task is not None
+    finished = gone = False
+    watcher: asyncio.Future[object] | None = None
+
+    def on_watcher_done(done: asyncio.Future[object]) -> None:
+        nonlocal gone
+        if done.cancelled() or finished:
+            return
+        done.exception()  # retrieved: a signal that failed counts as gone too
+        gone = True
+        task.cancel()
+
+    def watch() -> None:
+        nonlocal watcher
+        if not finished:
+            watcher = asyncio.ensure_future(cancelled())
+            watcher.add_done_callback(on_watcher_done)
+
+    timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, watch)
+    try:
+        return await pending
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        task.uncancel()
+        raise ClientDisconnected("the client disconnected before the result was ready") from None
+    finally:
+        finished = True
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()

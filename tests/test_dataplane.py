@@ -1,0 +1,185 @@
+"""The data plane (servekit/dataplane.py) with a stand-in registry and model.
+
+One synchronous step from choosing a model version to queueing on it, readiness and
+bad input counted against the model, and the adapter's cancellation signal: watched
+only for a request still waiting after WATCH_AFTER_S, and then it cancels the queued
+request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+
+from servekit import dataplane
+from servekit.dataplane import DataPlane
+from servekit.errors import BadInput, ClientDisconnected, NotFound, NotReady
+
+
+@dataclass
+class Decoded:
+    inputs: Mapping[str, Any]
+    timeout_s: float | None = None
+    priority: int = 0
+
+
+@dataclass
+class FakeModel:
+    """What the data plane uses of a ServedModel; ``submit`` records and queues."""
+
+    events: list[str]
+    name: str = "m"
+    version: int = 1
+    state: str = "READY"
+    reason: str = ""
+    invalid: int = 0
+    submitted: list[tuple[Mapping[str, Any], float | None, int]] = field(default_factory=list)
+    result: asyncio.Future[dict[str, Any]] | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "READY"
+
+    def count_invalid(self) -> None:
+        self.invalid += 1
+
+    def submit(
+        self, inputs: Mapping[str, Any], *, timeout_s: float | None = None, priority: int = 0
+    ) -> Any:
+        self.events.append("submit")
+        self.submitted.append((inputs, timeout_s, priority))
+        self.result = asyncio.get_running_loop().create_future()
+        return self._wait(self.result)
+
+    async def _wait(self, result: asyncio.Future[dict[str, Any]]) -> dict[str, Any]:
+        return await result
+
+
+class FakeRegistry:
+    def __init__(self, model: FakeModel) -> None:
+        self.model = model
+
+    def get(self, name: str, version: str | None = None) -> FakeModel:
+        self.model.events.append("get")
+        # Anything that lets the loop run before the request is queued shows up here.
+        asyncio.get_running_loop().call_soon(self.model.events.append, "loop ran")
+        if name != self.model.name:
+            raise NotFound(f"unknown model '{name}'")
+        return self.model
+
+    def ready(self) -> bool:
+        return self.model.ready
+
+    def all(self) -> list[FakeModel]:
+        return [self.model]
+
+
+def plane() -> tuple[DataPlane, FakeModel]:
+    model = FakeModel(events=[])
+    return DataPlane(FakeRegistry(model)), model  # type: ignore[arg-type]
+
+
+X = {"x": np.zeros((1, 2), np.float32)}
+
+
+async def answer(model: FakeModel, outputs: dict[str, Any]) -> None:
+    await asyncio.sleep(0)  # the infer task's first step queues the request
+    assert model.result is not None
+    model.result.set_result(outputs)
+
+
+async def test_the_version_is_chosen_and_queued_in_one_step() -> None:
+    p, model = plane()
+
+    def decode(m: Any) -> Decoded:
+        model.events.append("decode")
+        return Decoded(X, timeout_s=2.0, priority=3)
+
+    task = asyncio.create_task(p.infer("m", None, decode))
+    await answer(model, {"y": 1})
+    done = await task
+    assert model.events[:3] == ["get", "decode", "submit"]  # the loop ran only after
+    assert model.submitted == [(X, 2.0, 3)]
+    assert (done.model, done.request, done.outputs) == (model, Decoded(X, 2.0, 3), {"y": 1})
+
+
+async def test_unknown_not_ready_and_bad_input() -> None:
+    p, model = plane()
+    with pytest.raises(NotFound):
+        await p.infer("nope", None, lambda m: Decoded(X))
+
+    def bad(m: Any) -> Decoded:
+        raise BadInput("no")
+
+    with pytest.raises(BadInput):
+        await p.infer("m", None, bad)
+    assert model.invalid == 1
+
+    model.state, model.reason = "LOADING", "warming up"
+    with pytest.raises(NotReady, match="version 1 is LOADING: warming up"):
+        await p.infer("m", None, bad)
+    assert model.submitted == [] and model.invalid == 1
+    assert not p.is_ready("m")
+    with pytest.raises(NotFound):
+        p.is_ready("nope")
+
+
+async def test_a_quick_answer_never_watches_the_signal() -> None:
+    p, model = plane()
+    watched = []
+
+    async def cancelled() -> None:
+        watched.append(1)
+        await asyncio.Event().wait()
+
+    task = asyncio.create_task(p.infer("m", None, lambda m: Decoded(X), cancelled=cancelled))
+    await answer(model, {"y": 1})
+    assert (await task).outputs == {"y": 1}
+    await asyncio.sleep(dataplane.WATCH_AFTER_S * 2)
+    assert watched == []
+
+
+@pytest.mark.parametrize("how", ["returns", "raises"])
+async def test_the_cancellation_signal_drops_the_queued_request(how: str) -> None:
+    p, model = plane()
+    gone = asyncio.Event()
+
+    async def cancelled() -> None:
+        await gone.wait()
+        if how == "raises":
+            raise OSError("connection lost")
+
+    task = asyncio.create_task(p.infer("m", None, lambda m: Decoded(X), cancelled=cancelled))
+    await asyncio.sleep(dataplane.WATCH_AFTER_S * 2)  # the signal is watched by now
+    gone.set()
+    with pytest.raises(ClientDisconnected):
+        await task
+    assert model.result is not None and model.result.cancelled()
+
+
+async def test_cancelling_the_caller_still_cancels_it() -> None:
+    p, model = plane()
+    never = asyncio.Event()
+    task = asyncio.create_task(p.infer("m", None, lambda m: Decoded(X), cancelled=never.wait))
+    await asyncio.sleep(dataplane.WATCH_AFTER_S * 2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert model.result is not None and model.result.cancelled()
+
+
+def test_the_data_plane_imports_no_web_framework() -> None:
+    code = (
+        "import sys, servekit.dataplane; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'fastapi', 'starlette', "
+        "'uvicorn', 'httpx'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
