@@ -1,9 +1,9 @@
 """FastAPI's native OpenTelemetry tracing still sees inference requests.
 
-Predict and infer requests skip FastAPI's layers (server/fastpath.py) unless its native
-telemetry is on: then they go through FastAPI and get its server span. This runs the
-app in-process (the tracer provider is a process global) with a real OpenTelemetry
-tracer provider that records the spans FastAPI starts.
+Predict and infer requests are served by servekit's own router (server/edge.py) unless
+FastAPI's native telemetry records them: then they go through FastAPI and get its spans.
+This runs the app in-process (the tracer provider is a process global) with a real
+OpenTelemetry tracer provider that records the spans FastAPI starts.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from opentelemetry.util._once import Once
 
 from conftest import digits_rows
 from servekit.config import ServerSettings
-from servekit.server import fastpath
+from servekit.server import edge
 from servekit.server.app import create_app
 
 PREDICT = "/v1/models/digits:predict"
@@ -57,13 +57,6 @@ class Clock:
         return self.now
 
 
-@pytest.fixture()
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    c = Clock()
-    monkeypatch.setattr(fastpath, "_clock", c)
-    return c
-
-
 @pytest.fixture(autouse=True)
 def isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The app runs in this process: leave it as it was. OpenTelemetry's provider is set
@@ -80,11 +73,14 @@ def isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 @asynccontextmanager
-async def served() -> AsyncIterator[httpx.AsyncClient]:
-    """The demo app, started and stopped by its own lifespan, and a client for it."""
-    app = create_app(ServerSettings())
-    if not hasattr(app, "_native_telemetry"):
+async def served(clock: Clock | None = None) -> AsyncIterator[httpx.AsyncClient]:
+    """The demo app, started and stopped by its own lifespan, and a client for it;
+    ``clock``: the one its telemetry watch reads."""
+    if edge.get_telemetry_data is None:
         pytest.skip("FastAPI < 0.160 has no native telemetry")
+    app = create_app(ServerSettings())
+    if clock is not None:
+        app.state.native_telemetry.clock = clock
     transport = httpx.ASGITransport(app=app)
     async with (
         app.router.lifespan_context(app),
@@ -121,14 +117,15 @@ async def test_inference_is_traced_with_a_provider_set_at_start() -> None:
     assert provider.spans == SPANS
 
 
-async def test_a_provider_set_later_applies_within_the_recheck_interval(clock: Clock) -> None:
+async def test_a_provider_set_later_applies_within_the_recheck_interval() -> None:
     rows = digits_rows(1).tolist()
     provider = RecordingProvider()
-    async with served() as client:
-        await _send(client, rows)  # the direct path, and its answer is kept for a while
+    clock = Clock()
+    async with served(clock) as client:
+        await _send(client, rows)  # FastAPI is asked once (not recording), then not for a while
         trace.set_tracer_provider(provider)
         await _send(client, rows)
         assert provider.spans == []
-        clock.now += fastpath.TELEMETRY_RECHECK_S
+        clock.now += edge.RECHECK_S
         await _send(client, rows)
         assert provider.spans == SPANS

@@ -16,13 +16,16 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
+from starlette.types import ASGIApp
 
 from servekit import __version__
 from servekit.config import ServerSettings
+from servekit.dataplane import DataPlane
 from servekit.metrics import Metrics
 from servekit.repository import ModelRegistry
 from servekit.server import admin, docs, errors, examples, health, monitoring, v1, v2
-from servekit.server.fastpath import DirectInference, ServekitAPI
+from servekit.server.edge import Dispatcher, NativeTelemetryWatch, ServekitAPI
+from servekit.server.inference import InferenceRouter
 from servekit.server.limits import BodySizeLimit
 from servekit.server.security import ModelAccess
 
@@ -50,7 +53,7 @@ def demo_model_path() -> Path:
     return Path(str(resources.files("servekit.demo") / "digits.tflite"))
 
 
-def create_app(settings: ServerSettings | None = None) -> FastAPI:
+def create_app(settings: ServerSettings | None = None) -> ServekitAPI:
     settings = settings or ServerSettings()
     metrics = Metrics()
     registry = ModelRegistry(
@@ -94,8 +97,12 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         docs_url=None,  # docs.install serves /docs and /redoc from bundled assets
         redoc_url=None,
     )
+    plane = DataPlane(registry)
+    telemetry = NativeTelemetryWatch()
     app.state.settings = settings
     app.state.registry = registry
+    app.state.dataplane = plane
+    app.state.native_telemetry = telemetry
     app.state.metrics = metrics
     app.state.draining = False
 
@@ -105,20 +112,22 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.include_router(v1.build_router())
     app.include_router(v2.build_router())
     app.include_router(admin.build_router())
-    # Innermost: inference POSTs skip FastAPI's routing and dependency machinery, after
-    # the access, size and metrics middleware like every request (and ServekitAPI sends
-    # them to that middleware past FastAPI's outer layers).
-    app.add_middleware(DirectInference, fastapi_app=app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    monitoring.install(app, metrics, serve_route=settings.metrics_port is None)
+
+    # servekit's HTTP layers (server/edge.py), innermost first. The dispatcher sends
+    # the inference POSTs to servekit's router, everything else to FastAPI.
+    router = InferenceRouter([*v1.ROUTES, *v2.ROUTES], plane, settings.max_body_bytes)
+    edge: ASGIApp = Dispatcher(router, app.fastapi, telemetry)
+    edge = BodySizeLimit(edge, max_bytes=settings.max_body_bytes)
     if settings.api_keys or settings.max_inflight_requests:  # nothing to do otherwise
-        app.add_middleware(
-            ModelAccess,
+        edge = ModelAccess(
+            edge,
             api_keys=[k.get_secret_value().encode() for k in settings.api_keys],
             max_inflight=settings.max_inflight_requests,
         )
     if settings.cors_origins:  # off unless configured
-        app.add_middleware(
-            CORSMiddleware,
+        edge = CORSMiddleware(
+            edge,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=[
@@ -130,7 +139,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             expose_headers=["Inference-Header-Content-Length", "Retry-After"],
         )
     # HTTP metrics outermost, so they count the 413s of BodySizeLimit too.
-    monitoring.install(app, metrics, serve_route=settings.metrics_port is None)
+    app.edge = monitoring.http_metrics(edge, metrics)
 
     def openapi() -> dict[str, Any]:
         # Not cached: the examples follow the models loaded right now.
@@ -170,6 +179,6 @@ def _no_422(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def create_app_from_env() -> FastAPI:
+def create_app_from_env() -> ServekitAPI:
     """Factory for `uvicorn --factory` and for each of several worker processes."""
     return create_app(ServerSettings())

@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 import orjson
-from starlette.requests import Request
 from starlette.responses import Response
 
 from servekit.errors import BadInput
@@ -43,8 +42,8 @@ def parse_json(body: bytes) -> Any:
     return loads_strict(body)
 
 
-async def read_json_object(request: Request) -> dict[str, Any]:
-    data = parse_json(await request.body())
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    data = parse_json(body)
     if not isinstance(data, dict):
         raise BadInput(f"expected a JSON object, got {type(data).__name__}: {excerpt(data)}")
     return data

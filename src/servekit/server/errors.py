@@ -26,6 +26,7 @@ from servekit.errors import (
     Unauthorized,
 )
 from servekit.server.encoding import json_response
+from servekit.server.limits import BodyTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +52,30 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     return json_response({"error": message}, status=status, headers=headers)
 
 
-async def _servekit_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ServekitError)
-    status = status_for(exc)
-    headers = {}
-    if isinstance(exc, Overloaded | NotReady):
-        headers["Retry-After"] = str(getattr(exc, "retry_after_s", 1))
-    if status == 401:
-        headers["WWW-Authenticate"] = "Bearer"
-    if status >= 500:
-        log.warning("%s %s -> %d: %s", request.method, request.url.path, status, exc)
-    return error_response(status, str(exc) or type(exc).__name__, headers)
+def response_for(exc: Exception, method: str, path: str) -> Response:
+    """The answer to an exception from a request's handling, by the one table; an
+    exception servekit did not expect is logged with its traceback and answered 500.
+    (FastAPI's exception handlers below and servekit's inference router both use it.)"""
+    if isinstance(exc, ServekitError):
+        status = status_for(exc)
+        headers = {}
+        if isinstance(exc, Overloaded | NotReady):
+            headers["Retry-After"] = str(getattr(exc, "retry_after_s", 1))
+        if status == 401:
+            headers["WWW-Authenticate"] = "Bearer"
+        if isinstance(exc, BodyTooLarge):
+            headers["Connection"] = "close"  # the rest of the body was never read
+        if status >= 500:
+            log.warning("%s %s -> %d: %s", method, path, status, exc)
+        return error_response(status, str(exc) or type(exc).__name__, headers)
+    if isinstance(exc, StarletteHTTPException):
+        return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+    log.exception("unhandled error on %s %s", method, path, exc_info=exc)
+    return error_response(500, f"internal error ({type(exc).__name__}); see the server log")
+
+
+async def _handled(request: Request, exc: Exception) -> Response:
+    return response_for(exc, request.method, request.url.path)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
@@ -73,18 +87,8 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     return error_response(400, "; ".join(parts))
 
 
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, StarletteHTTPException)
-    return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))
-
-
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(500, f"internal error ({type(exc).__name__}); see the server log")
-
-
 def install(app: FastAPI) -> None:
-    app.add_exception_handler(ServekitError, _servekit_error)
+    app.add_exception_handler(ServekitError, _handled)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected)
+    app.add_exception_handler(StarletteHTTPException, _handled)
+    app.add_exception_handler(Exception, _handled)

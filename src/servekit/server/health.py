@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from servekit.repository import ModelRegistry
+from servekit.dataplane import DataPlane
 from servekit.server.encoding import json_response
 from servekit.server.schemas import LiveResponse, ReadyResponse
 
@@ -24,8 +24,8 @@ def build_router() -> APIRouter:
         summary="Every model due to load is ready",
     )
     async def ready(request: Request) -> Response:
-        registry: ModelRegistry = request.app.state.registry
-        ok = registry.ready() and not request.app.state.draining
+        plane: DataPlane = request.app.state.dataplane
+        ok = plane.ready() and not request.app.state.draining
         return json_response({"ready": ok}, status=200 if ok else 503)
 
     return router

@@ -1,25 +1,22 @@
-"""Request limits: the 413 body-size middleware and the client-disconnect watcher.
+"""Request limits: the 413 body-size middleware, and a client's disconnect as the data
+plane's cancellation signal.
 
 Pure ASGI rather than BaseHTTPMiddleware: it streams, and it keeps context variables.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Coroutine
-from typing import Any, TypeVar
-
-from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from servekit.errors import ClientDisconnected
+from servekit.dataplane import Cancelled
+from servekit.errors import PayloadTooLarge
 from servekit.server.encoding import dumps
 
-T = TypeVar("T")
 
-
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(PayloadTooLarge):
+    """A body without a Content-Length grew past the limit while it was read. Any
+    handler that meets it answers 413 (the error table); ``BodySizeLimit`` answers it
+    if nothing else has."""
 
 
 class BodySizeLimit:
@@ -53,7 +50,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise BodyTooLarge
+                    raise BodyTooLarge(self._message())
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -68,8 +65,11 @@ class BodySizeLimit:
             if not started:
                 await self._refuse(send)
 
+    def _message(self) -> str:
+        return f"request body is over the limit of {self.max_bytes} bytes"
+
     async def _refuse(self, send: Send) -> None:
-        body = dumps({"error": f"request body is over the limit of {self.max_bytes} bytes"})
+        body = dumps({"error": self._message()})
         await send(
             {
                 "type": "http.response.start",
@@ -84,56 +84,14 @@ class BodySizeLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-# How long a request waits for its result before anyone watches for its client leaving.
-# Most answers come sooner, and then no watcher is ever made (a task, a receive() and a
-# cancellation per request: measurable on small models). A client that leaves earlier is
-# noticed at this point all the same, while its request is still queued.
-WATCH_AFTER_S = 0.01
+def client_gone(receive: Receive) -> Cancelled:
+    """The data plane's cancellation signal for an HTTP request whose body has been
+    read: the next ASGI message is then ``http.disconnect``, and the signal returns
+    when it comes (or when receiving fails). The data plane awaits it only for a
+    request still waiting after ``dataplane.WATCH_AFTER_S``."""
 
-
-async def unless_disconnected(request: Request, pending: Coroutine[Any, Any, T]) -> T:
-    """Await ``pending`` (a queued request) unless the client goes away first.
-
-    The body has been read, so the next ASGI message is ``http.disconnect``. If the
-    result is not there within ``WATCH_AFTER_S``, a watcher task waits for that message;
-    if it comes first, this task is cancelled, which cancels the queued request (the
-    batcher drops it before compute), and the caller gets ``ClientDisconnected``.
-    ``pending`` runs in this task, not a task of its own: one task per request fewer on
-    a path where tasks are a measurable share of the CPU.
-    """
-    task = asyncio.current_task()
-    assert task is not None
-    finished = gone = False
-    watcher: asyncio.Future[None] | None = None
-
-    async def disconnected() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
+    async def gone() -> None:
+        while (await receive())["type"] != "http.disconnect":
             pass
 
-    def on_watcher_done(done: asyncio.Future[None]) -> None:
-        nonlocal gone
-        if done.cancelled() or finished:
-            return
-        done.exception()  # retrieved: a receive() that failed counts as gone too
-        gone = True
-        task.cancel()
-
-    def watch() -> None:
-        nonlocal watcher
-        if not finished:
-            watcher = asyncio.ensure_future(disconnected())
-            watcher.add_done_callback(on_watcher_done)
-
-    timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, watch)
-    try:
-        return await pending
-    except asyncio.CancelledError:
-        if not gone:
-            raise
-        task.uncancel()
-        raise ClientDisconnected("the client disconnected before the result was ready") from None
-    finally:
-        finished = True
-        timer.cancel()
-        if watcher is not None:
-            watcher.cancel()
+    return gone

@@ -360,9 +360,18 @@ def serve_metrics_port(host: str, port: int, own: CollectorRegistry | None) -> T
     return server
 
 
+def http_metrics(app: ASGIApp, metrics: Metrics) -> HttpMetricsMiddleware:
+    """``app`` inside the HTTP metrics middleware (``/metrics`` itself not counted)."""
+    return HttpMetricsMiddleware(
+        app,
+        metrics=HttpMetrics(metrics.registry, LATENCY_BUCKETS),
+        excluded_handlers=[f"^{re.escape(METRICS_PATH)}$"],
+    )
+
+
 def install(app: FastAPI, metrics: Metrics, *, serve_route: bool = True) -> None:
-    """HTTP metrics middleware, the ``/metrics`` route (unless metrics have their own
-    port) and multiprocess housekeeping."""
+    """The ``/metrics`` route (unless metrics have their own port), this process's
+    collector and multiprocess housekeeping. (The HTTP metrics: ``http_metrics``.)"""
     # `_created` samples double the series count and no dashboard here uses them.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     multiproc = multiprocess_dir()
@@ -370,12 +379,6 @@ def install(app: FastAPI, metrics: Metrics, *, serve_route: bool = True) -> None
         # One process: its own CPU, memory and file descriptors. (With several, each
         # scrape would describe whichever worker answered it.)
         ProcessCollector(registry=metrics.registry)
-
-    app.add_middleware(
-        HttpMetricsMiddleware,
-        metrics=HttpMetrics(metrics.registry, LATENCY_BUCKETS),
-        excluded_handlers=[f"^{re.escape(METRICS_PATH)}$"],
-    )
 
     if not serve_route:
         return  # /metrics is served on its own port (serve_metrics_port)

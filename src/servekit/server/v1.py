@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from servekit.dataplane import DataPlane
 from servekit.errors import BadInput
-from servekit.repository import ModelRegistry, ServedModel
+from servekit.repository import ServedModel
 from servekit.server import paths  # noqa: F401 - registers the 'segment' convertor
-from servekit.server.encoding import json_response, read_json_object, to_jsonable
-from servekit.server.limits import unless_disconnected
+from servekit.server.encoding import json_response, parse_json_object, to_jsonable
+from servekit.server.inference import InferenceCall, InferenceRoute, call_from_request
 from servekit.server.schemas import (
     ErrorResponse,
     ModelListEntry,
@@ -34,9 +36,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 _TFS_STATE = {"LOADING": "LOADING", "READY": "AVAILABLE", "UNLOADING": "UNLOADING"}
 
 
-def _registry(request: Request) -> ModelRegistry:
-    registry: ModelRegistry = request.app.state.registry
-    return registry
+PREDICT = "/v1/models/{model_name:segment}:predict"
+PREDICT_VERSION = "/v1/models/{model_name:segment}/versions/{version:segment}:predict"
+
+
+def _plane(request: Request) -> DataPlane:
+    plane: DataPlane = request.app.state.dataplane
+    return plane
 
 
 def _status(models: list[ServedModel]) -> dict[str, Any]:
@@ -133,6 +139,30 @@ def parse_predict(
     return arrays, has_rows
 
 
+@dataclass(frozen=True, slots=True)
+class Predict:
+    """A decoded predict request."""
+
+    inputs: dict[str, Array]
+    row_format: bool  # 'instances' (answered as 'predictions'), else 'inputs' ('outputs')
+    timeout_s: float | None = None  # TF Serving's REST API has no per-request deadline
+    priority: int = 0
+
+
+async def handle_predict(call: InferenceCall) -> Response:
+    """A predict request, whichever router matched it."""
+    body = parse_json_object(call.body)
+
+    def decode(model: ServedModel) -> Predict:
+        return Predict(*parse_predict(body, model.inputs))
+
+    done = await call.plane.infer(call.model_name, call.version, decode, cancelled=call.cancelled)
+    return json_response(encode_predict(done.outputs, done.request.row_format))
+
+
+ROUTES = (InferenceRoute(PREDICT, handle_predict), InferenceRoute(PREDICT_VERSION, handle_predict))
+
+
 def encode_predict(outputs: dict[str, Array], row_format: bool) -> dict[str, Any]:
     if row_format:
         if len(outputs) == 1:
@@ -153,7 +183,7 @@ def build_router() -> APIRouter:
         return json_response(
             [
                 {"name": m.name, "version": str(m.version), "state": m.state, "reason": m.reason}
-                for m in _registry(request).all()
+                for m in _plane(request).models()
             ]
         )
 
@@ -164,11 +194,7 @@ def build_router() -> APIRouter:
         summary="Model status (every version)",
     )
     async def model_status(request: Request, model_name: str) -> Response:
-        reg = _registry(request)
-        models = [m for m in reg.all() if m.name == model_name]
-        if not models:
-            reg.get(model_name)  # raises NotFound with the list of models
-        return json_response(_status(models))
+        return json_response(_status(_plane(request).versions(model_name)))
 
     @router.get(
         "/v1/models/{model_name:segment}/versions/{version:segment}",
@@ -177,7 +203,7 @@ def build_router() -> APIRouter:
         summary="Model version status",
     )
     async def version_status(request: Request, model_name: str, version: str) -> Response:
-        return json_response(_status([_registry(request).get(model_name, version)]))
+        return json_response(_status([_plane(request).model(model_name, version)]))
 
     @router.get(
         "/v1/models/{model_name:segment}/metadata",
@@ -186,7 +212,7 @@ def build_router() -> APIRouter:
         summary="Model metadata (signature, dtypes, shapes)",
     )
     async def metadata(request: Request, model_name: str) -> Response:
-        return json_response(_metadata(_registry(request).get(model_name)))
+        return json_response(_metadata(_plane(request).model(model_name)))
 
     @router.get(
         "/v1/models/{model_name:segment}/versions/{version:segment}/metadata",
@@ -195,7 +221,7 @@ def build_router() -> APIRouter:
         summary="Model version metadata",
     )
     async def version_metadata(request: Request, model_name: str, version: str) -> Response:
-        return json_response(_metadata(_registry(request).get(model_name, version)))
+        return json_response(_metadata(_plane(request).model(model_name, version)))
 
     predict_doc: dict[str, Any] = {
         "response_model": PredictResponse,
@@ -208,35 +234,21 @@ def build_router() -> APIRouter:
         },
     }
 
-    async def _predict(request: Request, model_name: str, version: str | None) -> Response:
-        body = await read_json_object(request)
-        # No await between choosing the version and queueing on it: a version that
-        # starts draining meanwhile can't be picked, and what it queued completes.
-        model = _registry(request).get(model_name, version)
-        try:
-            arrays, row_format = parse_predict(body, model.inputs)
-        except BadInput:
-            model.count_invalid()
-            raise
-        outputs = await unless_disconnected(request, model.submit(arrays))
-        return json_response(encode_predict(outputs, row_format))
-
+    # Served by servekit's inference router (server/inference.py); FastAPI serves them
+    # while its native telemetry records them.
     @router.post(
-        "/v1/models/{model_name:segment}:predict",
-        summary="Predict (newest version)",
-        operation_id="v1_predict",
-        **predict_doc,
+        PREDICT, summary="Predict (newest version)", operation_id="v1_predict", **predict_doc
     )
     async def predict(request: Request, model_name: str) -> Response:
-        return await _predict(request, model_name, None)
+        return await handle_predict(await call_from_request(request, model_name, None))
 
     @router.post(
-        "/v1/models/{model_name:segment}/versions/{version:segment}:predict",
+        PREDICT_VERSION,
         summary="Predict (given version)",
         operation_id="v1_predict_version",
         **predict_doc,
     )
     async def predict_version(request: Request, model_name: str, version: str) -> Response:
-        return await _predict(request, model_name, version)
+        return await handle_predict(await call_from_request(request, model_name, version))
 
     return router

@@ -14,11 +14,11 @@ from pydantic import BaseModel
 from starlette.responses import Response
 
 from servekit import __version__
-from servekit.errors import BadInput, NotReady
-from servekit.repository import ModelRegistry, ServedModel
+from servekit.dataplane import DataPlane
+from servekit.repository import ServedModel
 from servekit.server import v2_codec
 from servekit.server.encoding import json_response
-from servekit.server.limits import unless_disconnected
+from servekit.server.inference import InferenceCall, InferenceRoute, call_from_request
 from servekit.server.schemas import (
     ErrorResponse,
     V2InferRequest,
@@ -59,30 +59,24 @@ def _inline_schema(model: type[BaseModel]) -> dict[str, Any]:
     return result
 
 
-def _registry(request: Request) -> ModelRegistry:
-    registry: ModelRegistry = request.app.state.registry
-    return registry
+INFER = "/v2/models/{model_name}/infer"
+INFER_VERSION = "/v2/models/{model_name}/versions/{version}/infer"
 
 
-def _ready_model(registry: ModelRegistry, name: str, version: str | None) -> ServedModel:
-    model = registry.get(name, version)
-    if not model.ready:
-        raise NotReady(
-            f"model '{model.name}' version {model.version} is {model.state}"
-            f"{': ' + model.reason if model.reason else ''}"
-        )
-    return model
+def _plane(request: Request) -> DataPlane:
+    plane: DataPlane = request.app.state.dataplane
+    return plane
 
 
 def _tensor(spec: TensorSpec) -> dict[str, Any]:
     return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
 
 
-def _metadata(registry: ModelRegistry, model: ServedModel) -> dict[str, Any]:
+def _metadata(plane: DataPlane, model: ServedModel) -> dict[str, Any]:
     meta = model.metadata()
     return {
         "name": model.name,
-        "versions": [str(m.version) for m in registry.all() if m.name == model.name and m.ready],
+        "versions": [str(m.version) for m in plane.versions(model.name) if m.ready],
         "platform": meta["platform"],
         "inputs": [_tensor(s) for s in model.inputs],
         "outputs": [_tensor(s) for s in model.outputs],
@@ -90,49 +84,37 @@ def _metadata(registry: ModelRegistry, model: ServedModel) -> dict[str, Any]:
     }
 
 
-def _model_ready(registry: ModelRegistry, name: str, version: str | None) -> Response:
+def _model_ready(plane: DataPlane, name: str, version: str | None) -> Response:
     """200 ``{"name", "ready": true}``, or 400 with ``ready: false``.
 
     The protocol answers model readiness by status: 200 is true and a 4xx is false
     (Triton sends 400); tritonclient's ``is_model_ready`` checks for 200.
     """
-    try:
-        ready = registry.get(name, version).ready
-    except NotReady:  # no version of the model is ready
-        ready = False
+    ready = plane.is_ready(name, version)
     return json_response({"name": name, "ready": ready}, status=200 if ready else 400)
 
 
-async def _infer(request: Request, model_name: str, version: str | None) -> Response:
-    raw = await request.body()
-    # No await from choosing the version until the request is queued on it (decoding is
-    # synchronous, and ServedModel.submit queues before returning): a version that
-    # starts draining meanwhile cannot be picked, and what it has queued completes.
-    model = _ready_model(_registry(request), model_name, version)
-    headers = request.headers
-    try:
-        body = v2_codec.decompress(
-            raw, headers.get("content-encoding"), request.app.state.settings.max_body_bytes
-        )
-        decoded = v2_codec.decode_request(
+async def handle_infer(call: InferenceCall) -> Response:
+    """An infer request (JSON or binary), whichever router matched it."""
+    headers = call.headers
+
+    def decode(model: ServedModel) -> v2_codec.InferRequest:
+        body = v2_codec.decompress(call.body, headers.get("content-encoding"), call.max_body_bytes)
+        return v2_codec.decode_request(
             body,
             header_length=headers.get(v2_codec.HEADER_LENGTH),
             content_type=headers.get("content-type"),
             inputs=model.inputs,
             outputs=[s.name for s in model.outputs],
         )
-    except BadInput:
-        model.count_invalid()
-        raise
-    outputs = await unless_disconnected(
-        request,
-        model.submit(decoded.inputs, timeout_s=decoded.timeout_s, priority=decoded.priority),
-    )
+
+    done = await call.plane.infer(call.model_name, call.version, decode, cancelled=call.cancelled)
+    model = done.model
     content, header_length = v2_codec.encode_response(
         model_name=model.name,
         model_version=str(model.version),
-        request=decoded,
-        outputs=outputs,
+        request=done.request,
+        outputs=done.outputs,
         order=[s.name for s in model.outputs],
     )
     if header_length is None:
@@ -142,6 +124,9 @@ async def _infer(request: Request, model_name: str, version: str | None) -> Resp
         media_type=v2_codec.BINARY_CONTENT_TYPE,
         headers={"Inference-Header-Content-Length": str(header_length)},
     )
+
+
+ROUTES = (InferenceRoute(INFER, handle_infer), InferenceRoute(INFER_VERSION, handle_infer))
 
 
 def build_router() -> APIRouter:
@@ -160,8 +145,8 @@ def build_router() -> APIRouter:
         summary="Model metadata (newest ready version)",
     )
     async def model_metadata(request: Request, model_name: str) -> Response:
-        reg = _registry(request)
-        return json_response(_metadata(reg, _ready_model(reg, model_name, None)))
+        plane = _plane(request)
+        return json_response(_metadata(plane, plane.ready_model(model_name)))
 
     @router.get(
         "/v2/models/{model_name}/versions/{version}",
@@ -170,8 +155,8 @@ def build_router() -> APIRouter:
         summary="Model version metadata",
     )
     async def version_metadata(request: Request, model_name: str, version: str) -> Response:
-        reg = _registry(request)
-        return json_response(_metadata(reg, _ready_model(reg, model_name, version)))
+        plane = _plane(request)
+        return json_response(_metadata(plane, plane.ready_model(model_name, version)))
 
     ready_doc: dict[str, Any] = {
         "response_model": V2ModelReadyResponse,
@@ -183,7 +168,7 @@ def build_router() -> APIRouter:
 
     @router.get("/v2/models/{model_name}/ready", summary="Model ready", **ready_doc)
     async def model_ready(request: Request, model_name: str) -> Response:
-        return _model_ready(_registry(request), model_name, None)
+        return _model_ready(_plane(request), model_name, None)
 
     @router.get(
         "/v2/models/{model_name}/versions/{version}/ready",
@@ -191,7 +176,7 @@ def build_router() -> APIRouter:
         **ready_doc,
     )
     async def version_ready(request: Request, model_name: str, version: str) -> Response:
-        return _model_ready(_registry(request), model_name, version)
+        return _model_ready(_plane(request), model_name, version)
 
     infer_doc: dict[str, Any] = {
         "response_model": V2InferResponse,
@@ -218,22 +203,21 @@ def build_router() -> APIRouter:
         },
     }
 
+    # Served by servekit's inference router (server/inference.py); FastAPI serves them
+    # while its native telemetry records them.
     @router.post(
-        "/v2/models/{model_name}/infer",
-        summary="Infer (newest ready version)",
-        operation_id="v2_infer",
-        **infer_doc,
+        INFER, summary="Infer (newest ready version)", operation_id="v2_infer", **infer_doc
     )
     async def infer(request: Request, model_name: str) -> Response:
-        return await _infer(request, model_name, None)
+        return await handle_infer(await call_from_request(request, model_name, None))
 
     @router.post(
-        "/v2/models/{model_name}/versions/{version}/infer",
+        INFER_VERSION,
         summary="Infer (given version)",
         operation_id="v2_infer_version",
         **infer_doc,
     )
     async def infer_version(request: Request, model_name: str, version: str) -> Response:
-        return await _infer(request, model_name, version)
+        return await handle_infer(await call_from_request(request, model_name, version))
 
     return router
