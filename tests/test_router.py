@@ -379,6 +379,20 @@ async def test_root_path_is_below_the_routes(spies: Spies) -> None:
     assert 'handler="/v2/models/{model_name}/infer",method="POST",status="200"} 1.0' in text
 
 
+async def test_api_keys_guard_model_paths_below_a_root_path() -> None:
+    app = new_app(api_keys=["k"])
+    key = {"X-API-Key": "k"}
+    async with served(app, root_path="/api") as client:
+        await probe(client, key)
+        path, (body, headers) = REQUESTS["v1 rows"]
+        r = await client.post("/api" + path, content=body, headers=headers)
+        assert r.status_code == 401, r.text
+        assert (await client.get("/api/v2/models/digits")).status_code == 401
+        r = await client.post("/api" + path, content=body, headers={**headers, **key})
+        assert r.status_code == 200, r.text
+        assert (await client.get("/api/v2/health/ready")).status_code == 200  # open
+
+
 @pytest.mark.parametrize("route", ["router", "fastapi"])
 async def test_an_unexpected_error_is_answered_500_once(
     route: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture

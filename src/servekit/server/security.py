@@ -15,6 +15,7 @@ import hmac
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from servekit.server.encoding import dumps
+from servekit.server.paths import route_path
 
 _OPEN_PREFIXES = ("/v2/health/", "/v2/repository/")
 
@@ -76,7 +77,9 @@ class ModelAccess:
         return ok
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not is_model_path(scope["path"]):
+        # Below the root path: behind a proxy that strips a prefix, the server puts it
+        # in front of every path, and model paths must still be guarded.
+        if scope["type"] != "http" or not is_model_path(route_path(scope)):
             await self.app(scope, receive, send)
             return
         if self.api_keys and not self._key_ok(presented_key(scope)):
