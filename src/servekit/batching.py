@@ -191,16 +191,10 @@ class Batcher:
             out = await fut
         except asyncio.CancelledError:
             fut.cancel()
-            self._metrics.failure("cancelled")
+            self._metrics.failure("cancelled", time.monotonic() - start)
             raise
-        except DeadlineExceeded:
-            self._metrics.failure("timeout")
-            raise
-        except InputFailed:
-            self._metrics.failure("invalid")
-            raise
-        except ServekitError:
-            self._metrics.failure("error")
+        except ServekitError as e:
+            self._metrics.failure(_reason(e), time.monotonic() - start)
             raise
         finally:
             timer.cancel()
@@ -287,6 +281,7 @@ class Batcher:
                 continue
             replacements = worker.replacements
             self._metrics.batch(p.rows, [])
+            started = time.perf_counter()
             try:
                 out = await self._pool.run(worker, p.inputs, rows=p.rows)
             except InferenceFailed as e:
@@ -299,6 +294,7 @@ class Batcher:
             else:
                 if not p.future.done():
                     p.future.set_result(out)
+                self._metrics.computed(1, 0.0, time.perf_counter() - started, 0.0)
 
     def _input_failed(self, error: InferenceFailed) -> InputFailed:
         return InputFailed(f"model {self.model_label} failed on this request's input ({error})")
@@ -318,6 +314,7 @@ class Batcher:
                 return
             rows = sum(p.rows for p in batch)
             self._metrics.batch(rows, [now - p.enqueued for p in batch])
+            started = time.perf_counter()
             if len(batch) == 1:
                 inputs = batch[0].inputs
             else:
@@ -331,6 +328,7 @@ class Batcher:
             # more requests are on their way, to be read while a thread computes.)
             alone = formed == 1 and batch[0].arrived_idle and self._activity.requests == 1
             replacements = worker.replacements
+            stacked = time.perf_counter()
             try:
                 out = await self._pool.run(worker, inputs, rows=rows, alone=alone)
             except InferenceFailed as e:
@@ -345,14 +343,25 @@ class Batcher:
                 if not p.future.done():
                     p.future.set_exception(err)
         else:
+            computed = time.perf_counter()
             offset = 0
             for p in batch:
                 if not p.future.done():  # its caller may have given up meanwhile
                     p.future.set_result({k: v[offset : offset + p.rows] for k, v in out.items()})
                 offset += p.rows
+            self._metrics.computed(
+                len(batch), stacked - started, computed - stacked, time.perf_counter() - computed
+            )
         finally:
             self._activity.requests -= formed
             self._pool.release(worker)
+
+
+def _reason(e: ServekitError) -> str:
+    """The failure reason a request's error is counted under."""
+    if isinstance(e, DeadlineExceeded):
+        return "timeout"
+    return "invalid" if isinstance(e, InputFailed) else "error"
 
 
 def _kept(worker: Instance, replacements: int) -> bool:

@@ -19,6 +19,8 @@ workers a ready model has ``servekit_model_state{state="READY"} == 2``.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +49,9 @@ STATES = ("UNAVAILABLE", "LOADING", "READY", "UNLOADING")
 
 # How a version's batching was decided (``servekit.runtime.batchsafety.Check``).
 BATCHING_CHECKS = ("verified", "trusted", "unsafe", "unverifiable", "off", "fixed")
+
+# Phases of a batch's compute (label "phase" of servekit_request_compute_seconds_total).
+COMPUTE_PHASES = ("input", "infer", "output")
 
 # Outcome reasons of failed requests (label "reason" of servekit_requests_total).
 REASONS = ("rejected", "timeout", "cancelled", "invalid", "error")
@@ -109,6 +114,33 @@ class Metrics:
             mv,
             registry=r,
             multiprocess_mode="livesum",
+        )
+        self.computed_requests = Counter(
+            "servekit_computed_requests",
+            "Requests whose batch computed successfully (the count of each compute phase).",
+            mv,
+            registry=r,
+        )
+        self.request_compute_seconds = Counter(
+            "servekit_request_compute_seconds",
+            "Per request, the compute time of its batch by phase: 'input' (stacking the "
+            "requests' rows), 'infer' (the runtime), 'output' (splitting the results). Each "
+            "request counts its whole batch's time, as Triton's statistics do.",
+            (*mv, "phase"),
+            registry=r,
+        )
+        self.failed_request_seconds = Counter(
+            "servekit_failed_request_seconds",
+            "Time from queueing to the error, summed over failed requests.",
+            mv,
+            registry=r,
+        )
+        self.last_inference = Gauge(
+            "servekit_last_inference_timestamp_seconds",
+            "When a batch of this version last computed (Unix time).",
+            mv,
+            registry=r,
+            multiprocess_mode="max",
         )
         self.busy_instances = Gauge(
             "servekit_busy_instances",
@@ -183,7 +215,12 @@ class ModelMetrics:
         self.m.requests.labels(*labels, "success", "")
         for reason in REASONS:
             self.m.requests.labels(*labels, "failure", reason)
+        for phase in COMPUTE_PHASES:
+            self.m.request_compute_seconds.labels(*labels, phase)
         for metric in (
+            self.m.computed_requests,
+            self.m.failed_request_seconds,
+            self.m.last_inference,
             self.m.inferences,
             self.m.executions,
             self.m.request_seconds,
@@ -201,8 +238,18 @@ class ModelMetrics:
         if seconds is not None:
             self._child(self.m.request_seconds).observe(seconds)
 
-    def failure(self, reason: str) -> None:
+    def failure(self, reason: str, seconds: float | None = None) -> None:
+        """One request failed; ``seconds`` since it was queued, if it was."""
         self._child(self.m.requests, "failure", reason).inc()
+        if seconds is not None:
+            self._child(self.m.failed_request_seconds).inc(seconds)
+
+    def computed(self, requests: int, input_s: float, infer_s: float, output_s: float) -> None:
+        """A batch of ``requests`` computed, in these phases."""
+        self._child(self.m.computed_requests).inc(requests)
+        for phase, seconds in (("input", input_s), ("infer", infer_s), ("output", output_s)):
+            self._child(self.m.request_compute_seconds, phase).inc(seconds * requests)
+        self._child(self.m.last_inference).set(time.time())
 
     def queued(self, delta: int) -> None:
         self._child(self.m.pending).inc(delta)
@@ -244,3 +291,56 @@ class ModelMetrics:
 
     def load_failed(self) -> None:
         self.m.load_failures.labels(self.model, self.version).inc()
+
+
+def model_statistics(
+    registry: CollectorRegistry, versions: Iterable[tuple[str, str]]
+) -> list[dict[str, Any]]:
+    """Triton's per-model statistics (the ``model_stats`` entries of its statistics
+    extension) for each (model, version), read from the metrics above: counts, and
+    durations in nanoseconds summed over requests."""
+    values: dict[tuple[str, str, str, tuple[tuple[str, str], ...]], float] = {}
+    for family in registry.collect():
+        for sample in family.samples:
+            labels = dict(sample.labels)
+            model, version = labels.pop("model", None), labels.pop("version", None)
+            if model is not None and version is not None:
+                values[(sample.name, model, version, tuple(sorted(labels.items())))] = sample.value
+
+    def stats_of(model: str, version: str) -> dict[str, Any]:
+        def get(name: str, **labels: str) -> float:
+            return values.get((name, model, version, tuple(sorted(labels.items()))), 0.0)
+
+        def duration(count: float, seconds: float) -> dict[str, int]:
+            return {"count": int(count), "ns": round(seconds * 1e9)}
+
+        computed = get("servekit_computed_requests_total")
+        phase = "servekit_request_compute_seconds_total"
+        failures = sum(get("servekit_requests_total", outcome="failure", reason=r) for r in REASONS)
+        return {
+            "name": model,
+            "version": version,
+            "last_inference": int(get("servekit_last_inference_timestamp_seconds") * 1000),
+            "inference_count": int(get("servekit_inferences_total")),
+            "execution_count": int(get("servekit_executions_total")),
+            "inference_stats": {
+                "success": duration(
+                    get("servekit_requests_total", outcome="success", reason=""),
+                    get("servekit_request_duration_seconds_sum"),
+                ),
+                "fail": duration(failures, get("servekit_failed_request_seconds_total")),
+                "queue": duration(
+                    get("servekit_queue_duration_seconds_count"),
+                    get("servekit_queue_duration_seconds_sum"),
+                ),
+                "compute_input": duration(computed, get(phase, phase="input")),
+                "compute_infer": duration(computed, get(phase, phase="infer")),
+                "compute_output": duration(computed, get(phase, phase="output")),
+                "cache_hit": duration(0, 0.0),
+                "cache_miss": duration(0, 0.0),
+            },
+            "batch_stats": [],
+            "memory_usage": [],
+        }
+
+    return [stats_of(model, version) for model, version in versions]
