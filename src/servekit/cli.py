@@ -18,7 +18,7 @@ from rich.table import Table
 
 from servekit import __version__
 from servekit.bench import bench as bench_command
-from servekit.config import ServerSettings, load_settings
+from servekit.config import ModelConfig, ServerSettings, load_settings
 from servekit.errors import ServekitError
 from servekit.optimize.command import optimize as optimize_command
 from servekit.terminal import console, fail, print_error
@@ -218,7 +218,7 @@ def inspect(
 
     try:
         backend = backend_for_file(model)
-        sig = backend.load(backend.read(model), 1).signature
+        sig = backend.load(backend.read(model), ModelConfig()).signature
     except ServekitError as e:
         fail(str(e))
     if as_json:

@@ -185,7 +185,7 @@ class ServedModel:
             verdict = BatchingVerdict(self.config.batching)
 
             def make_instance() -> ModelRunner:
-                m = ModelRunner(backend.load(content, self.config.threads_per_instance))
+                m = ModelRunner(backend.load(content, self.config))
                 m.prepare([1] if self.config.batching == "off" else buckets, samples)
                 # The first instance verifies; the others, and rebuilds, reuse its answer.
                 if not verdict.decide(m, samples).batched:

@@ -13,9 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from servekit.tensors import Array, TensorSpec
+
+if TYPE_CHECKING:
+    from servekit.config import ModelConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,5 +50,6 @@ class Backend:
     platform: str  # the V2 metadata's platform, as Triton names it
     model_file: str  # the file a version folder holds
     read: Callable[[Path], bytes]  # the file's bytes, refusing anything of another format
-    load: Callable[[bytes, int], Session]  # content, threads → a session
+    # content, the model's config (threads, the runtime's own settings) → a session
+    load: Callable[[bytes, ModelConfig], Session]
     runtime_name: Callable[[], str]  # which library (and version) runs it

@@ -6,7 +6,7 @@ import logging
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,6 +15,9 @@ from servekit.runtime.base import Backend, ModelSignature
 from servekit.runtime.interpreter import interpreter_class, runtime_name
 from servekit.runtime.runner import ModelRunner
 from servekit.tensors import Array, Quantization, TensorSpec
+
+if TYPE_CHECKING:
+    from servekit.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +136,8 @@ class TFLiteSession:
             raise InferenceFailed(runtime_error_text(e)) from e
 
 
-def load(content: bytes, num_threads: int = 1) -> TFLiteSession:
-    return TFLiteSession(content, num_threads)
+def load(content: bytes, config: ModelConfig) -> TFLiteSession:
+    return TFLiteSession(content, config.threads_per_instance)
 
 
 TFLITE = Backend(
