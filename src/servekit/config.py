@@ -30,6 +30,9 @@ BatchingMode = Literal["auto", "on", "off"]
 # Where a model's batches run (see ``ModelConfig.execution`` and ``servekit.pool``).
 Execution = Literal["auto", "thread", "inline"]
 
+# ONNX Runtime's graph optimization levels (see ``ModelConfig.onnx_graph_optimization``).
+GraphOptimization = Literal["disable", "basic", "extended", "all"]
+
 
 class ModelConfig(BaseModel):
     """How one model is served. Read from ``<repo>/<model>/config.yaml``."""
@@ -59,6 +62,12 @@ class ModelConfig(BaseModel):
     )
     instances: int = Field(1, ge=1, le=64, description="Interpreter instances (threads).")
     threads_per_instance: int = Field(1, ge=1, le=64, description="TFLite threads each.")
+    onnx_graph_optimization: GraphOptimization = Field(
+        "all",
+        description="ONNX Runtime's graph optimizations at load (backend onnx): 'basic' "
+        "folds constants and removes redundant nodes, 'extended' also fuses operators, "
+        "'all' also changes data layouts for the CPU.",
+    )
     execution: Execution = Field(
         "auto",
         description=(

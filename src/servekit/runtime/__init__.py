@@ -9,10 +9,11 @@ from pathlib import Path
 from servekit.errors import BadInput
 from servekit.runtime.base import Backend, ModelSignature, Session
 from servekit.runtime.interpreter import interpreter_class, runtime_name
+from servekit.runtime.onnx import ONNX
 from servekit.runtime.runner import ModelRunner
 from servekit.runtime.tflite import TFLITE, TFLiteModel, read_model_bytes
 
-BACKENDS: dict[str, Backend] = {b.name: b for b in (TFLITE,)}
+BACKENDS: dict[str, Backend] = {b.name: b for b in (TFLITE, ONNX)}
 
 
 def backend_named(name: str) -> Backend:
@@ -27,12 +28,13 @@ def backend_for_file(path: Path) -> Backend:
     for backend in BACKENDS.values():
         if path.suffix == Path(backend.model_file).suffix:
             return backend
-    suffixes = " or ".join(sorted(Path(b.model_file).suffix for b in BACKENDS.values()))
+    suffixes = " or ".join(Path(b.model_file).suffix for b in BACKENDS.values())
     raise BadInput(f"{path} is not a model file: expected {suffixes}")
 
 
 __all__ = [
     "BACKENDS",
+    "ONNX",
     "TFLITE",
     "Backend",
     "ModelRunner",
