@@ -219,6 +219,11 @@ def _read_signature(session: Any) -> tuple[ModelSignature, list[str]]:
                 f"input '{arg.name}' is of type {arg.type}, which servekit cannot take "
                 f"(tensors of {', '.join(t[7:-1] for t in ORT_TO_NUMPY)})"
             )
+        if not arg.shape:
+            raise BadInput(
+                f"input '{arg.name}' has no dimensions in the model (a scalar, or its rank "
+                "is unknown): servekit's inputs start with a batch dimension"
+            )
         inputs.append(TensorSpec(arg.name, dtype, _shape(arg.shape), index=i))
     outputs, skipped = [], []
     for i, arg in enumerate(session.get_outputs()):
@@ -231,15 +236,18 @@ def _read_signature(session: Any) -> tuple[ModelSignature, list[str]]:
         raise BadInput("the model has no inputs a request can set")
     if not outputs:
         raise BadInput(f"the model has no tensor outputs servekit can send (it has {skipped})")
+    meta = session.get_modelmeta()
+    graph = f"ONNX graph {meta.graph_name!r} ({meta.producer_name or 'unknown producer'})"
     if skipped:
         log.warning(
-            "leaving out output(s) %s: not a tensor type servekit can send (a scikit-learn "
-            "classifier converted with options={'zipmap': False} gives a tensor)",
+            "%s: leaving out output(s) %s: not a tensor type servekit can send (a "
+            "scikit-learn classifier converted with options={'zipmap': False} gives a tensor)",
+            graph,
             ", ".join(skipped),
         )
     defaults = [arg.name for arg in session.get_overridable_initializers()]
     if defaults:
-        log.info("inputs with a default, not settable by requests: %s", defaults)
+        log.info("%s: inputs with a default, not settable by requests: %s", graph, defaults)
     firsts = {s.shape[0] for s in inputs if s.shape}
     fixed = firsts - {-1}
     native = fixed.pop() if len(fixed) == 1 else None
