@@ -691,11 +691,8 @@ async def test_inputs_with_a_default_keep_it(tmp_path: Path) -> None:
 
 
 async def test_string_inputs_through_v1_and_v2(tmp_path: Path) -> None:
-    """A BYTES input cannot be batch-verified yet (see the xfail below): served with
-    batching on, as a user would configure it."""
-    repo = make_repo(
-        tmp_path / "repo", {"words": {1: onnx_path("words")}}, words="batching: 'on'\n"
-    )
+    """A BYTES input and output, through every protocol."""
+    repo = make_repo(tmp_path / "repo", {"words": {1: onnx_path("words")}})
     words = np.array(["seven", "zero", "eleven", "two"], dtype=object)
     async with app_client(repo) as c:
         meta = (await c.get("/v2/models/words")).json()
@@ -711,19 +708,15 @@ async def test_string_inputs_through_v1_and_v2(tmp_path: Path) -> None:
         ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="batchsafety.distinct_rows makes no rows for BYTES inputs: the check raises "
-    "and the load fails instead of serving the model unbatched",
-)
-async def test_string_inputs_load_with_the_batch_safety_check() -> None:
+async def test_string_inputs_pass_the_batch_safety_check() -> None:
     served = served_model("words")
-    try:
-        await served.load()
-        assert served.ready
-    finally:
-        if served.ready:
-            await served.unload(5)
+    await served.load()
+    assert served.ready
+    assert served.batching is not None and served.batching.check == "verified"
+    words = np.array(["seven", "zero", "eleven", "two"], dtype=object)
+    got = await served.infer({"word": words})
+    assert got["digit"].tolist() == [7, 0, -1, 2]
+    await served.unload(5)
 
 
 # -- a real server, for tritonclient -------------------------------------------------------

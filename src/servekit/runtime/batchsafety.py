@@ -80,7 +80,8 @@ def distinct_rows(
 ) -> dict[str, Array]:
     """``count`` rows per input, each different from the others: warm-up sample rows
     first (real data), then random values within the input's dtype (quantized inputs
-    over their whole range, floats in [0, 1), other integers in [0, index_range))."""
+    over their whole range, floats in [0, 1), other integers in [0, index_range),
+    strings made up)."""
     rng = np.random.default_rng(SEED)
     out = {}
     for spec in specs:
@@ -102,6 +103,9 @@ def distinct_rows(
             fill = rng.integers(info.min, int(info.max) + 1, shape).astype(dtype)
         elif np.issubdtype(dtype, np.integer):
             fill = rng.integers(0, index_range, shape).astype(dtype)
+        elif dtype.kind in ("O", "S", "U"):  # strings (BYTES)
+            words = [f"servekit-{n}" for n in rng.integers(0, 1 << 30, int(np.prod(shape)))]
+            fill = np.array(words, dtype=object).reshape(shape)
         else:
             raise TypeError(f"input '{spec.name}' has dtype {dtype}: no rows to try it with")
         out[spec.name] = fill if real is None else np.concatenate([real.astype(dtype), fill])
@@ -137,7 +141,7 @@ def compare_rows(
     for spec in specs:
         got, want = stacked[spec.name], alone[spec.name]
         for row in range(len(got)):
-            diff = _difference(spec, got[row], want[row])
+            diff = _difference(spec, np.asarray(got[row]), np.asarray(want[row]))
             if diff is not None:
                 return f"output '{spec.name}' row {row} is off by {diff:.4g}"
     return None
@@ -157,8 +161,8 @@ def verify(model: Batchable, samples: Mapping[str, Array] | None = None) -> Batc
     rows = min(max(counts), DISTINCT_ROWS)
     failure: Exception | None = None
     for index_range in INDEX_RANGES:
-        inputs = distinct_rows(model.input_specs, rows, samples, index_range)
         try:
+            inputs = distinct_rows(model.input_specs, rows, samples, index_range)
             reference = model.run_rows_alone(inputs)
             for count in counts:
                 part, alone = _tiled(inputs, count), _tiled(reference, count)
