@@ -182,7 +182,15 @@ def test_two_installs_at_once_leave_exactly_the_locked_versions(installs: Instal
     )
     assert done.stdout.strip() == f"servekit {locked['servekit']}", done.stdout + done.stderr
     done = subprocess.run([uv, "pip", "check", "--python", python], capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout + done.stderr
+    # The one requirement pyproject's [tool.uv] overrides: tensorflow-cpu provides the
+    # `tensorflow` module that tensorflow-serving-api's dependency on `tensorflow` is for.
+    overridden = "`tensorflow-serving-api` requires `tensorflow>=2.21.0,<3`"
+    problems = [
+        line
+        for line in done.stdout.splitlines()
+        if line.startswith("The package") and overridden not in line
+    ]
+    assert problems == [], done.stdout + done.stderr
 
 
 # -- the lock matches pyproject.toml ------------------------------------------------------
@@ -209,7 +217,7 @@ def test_the_lock_matches_pyproject_and_a_changed_pyproject_is_caught(
     assert lock_check(uv, tmp_path).returncode == 0  # the copy alone is fine
     pyproject = tmp_path / "pyproject.toml"
     text = pyproject.read_text()
-    edited = re.sub(r'"fastapi>=([\d.]+),<[\d.]+"', r'"fastapi>=\1,<0.116"', text)
+    edited = re.sub(r'"fastapi>=([\d.]+)"', r'"fastapi>=\1,<0.116"', text)
     assert edited != text
     pyproject.write_text(edited)
     done = lock_check(uv, tmp_path)
