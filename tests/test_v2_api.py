@@ -71,7 +71,13 @@ def test_tritonclient_health_and_server_metadata(tc: triton.InferenceServerClien
     meta = tc.get_server_metadata()
     assert meta["name"] == "servekit"
     assert meta["version"]
-    assert meta["extensions"] == ["binary_tensor_data", "schedule_policy", "model_repository"]
+    assert meta["extensions"] == [
+        "binary_tensor_data",
+        "schedule_policy",
+        "model_repository",
+        "model_configuration",
+        "statistics",
+    ]
 
 
 @pytest.mark.parametrize("version", ["", "1"])

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from servekit.errors import BadInput, ClientDisconnected, NotReady
 from servekit.repository import ModelRegistry, ServedModel
+from servekit.triton_config import model_config
 
 if TYPE_CHECKING:
     from servekit.tensors import Array
@@ -62,11 +63,17 @@ class Inference(Generic[D]):
     outputs: Outputs
 
 
+# Triton's model statistics for (model, version) pairs (``metrics.model_statistics`` on
+# the server's scrape registry, which sums every worker process).
+Statistics = Callable[[list[tuple[str, str]]], list[dict[str, Any]]]
+
+
 class DataPlane:
     """Model queries and inference, for every protocol adapter."""
 
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, statistics: Statistics | None = None) -> None:
         self.registry = registry
+        self._statistics = statistics
 
     # -- queries ---------------------------------------------------------------------
 
@@ -106,6 +113,26 @@ class DataPlane:
             return self.registry.get(name, version).ready
         except NotReady:  # no version of the model is ready
             return False
+
+    def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """Triton's model configuration of a model version (no version: the newest
+        ready one)."""
+        return model_config(self.model(name, version))
+
+    def statistics(
+        self, name: str | None = None, version: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Triton's statistics of every loaded version, every version of ``name``, or
+        one version; NotFound if a named model or version is not loaded."""
+        if name is None:
+            models = self.models()
+        elif version is None:
+            models = self.versions(name)
+        else:
+            models = [self.model(name, version)]
+        if self._statistics is None:
+            return []
+        return self._statistics([(m.name, str(m.version)) for m in models])
 
     # -- inference -------------------------------------------------------------------
 

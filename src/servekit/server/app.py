@@ -21,7 +21,7 @@ from starlette.types import ASGIApp
 from servekit import __version__
 from servekit.config import ServerSettings
 from servekit.dataplane import DataPlane
-from servekit.metrics import Metrics
+from servekit.metrics import Metrics, model_statistics
 from servekit.repository import ModelRegistry
 from servekit.server import admin, docs, errors, examples, health, monitoring, v1, v2
 from servekit.server.edge import Dispatcher, NativeTelemetryWatch, ServekitAPI
@@ -97,7 +97,10 @@ def create_app(settings: ServerSettings | None = None) -> ServekitAPI:
         docs_url=None,  # docs.install serves /docs and /redoc from bundled assets
         redoc_url=None,
     )
-    plane = DataPlane(registry)
+    plane = DataPlane(
+        registry,
+        lambda versions: model_statistics(monitoring.scrape_registry(metrics.registry), versions),
+    )
     telemetry = NativeTelemetryWatch()
     app.state.settings = settings
     app.state.registry = registry

@@ -138,6 +138,18 @@ def build_router() -> APIRouter:
             {"name": "servekit", "version": __version__, "extensions": list(v2_codec.EXTENSIONS)}
         )
 
+    stats_doc: dict[str, Any] = {
+        "responses": ERRORS,
+        "description": "Triton's statistics extension: per model version, inference and "
+        "execution counts, and count and cumulative ns of successes, failures, queueing "
+        "and compute (input, infer, output), summed over every server process.",
+    }
+
+    # Before /v2/models/{model_name}, which would take "stats" for a model name.
+    @router.get("/v2/models/stats", summary="Statistics of every loaded model", **stats_doc)
+    async def all_stats(request: Request) -> Response:
+        return json_response({"model_stats": _plane(request).statistics()})
+
     @router.get(
         "/v2/models/{model_name}",
         response_model=V2ModelMetadataResponse,
@@ -157,6 +169,38 @@ def build_router() -> APIRouter:
     async def version_metadata(request: Request, model_name: str, version: str) -> Response:
         plane = _plane(request)
         return json_response(_metadata(plane, plane.ready_model(model_name, version)))
+
+    # Triton's extensions that its clients read first: model configuration (perf_analyzer
+    # stops without it) and statistics.
+    @router.get(
+        "/v2/models/{model_name}/config",
+        responses=ERRORS,
+        summary="Model configuration, as Triton's (newest ready version)",
+    )
+    async def model_config(request: Request, model_name: str) -> Response:
+        return json_response(_plane(request).model_config(model_name))
+
+    @router.get(
+        "/v2/models/{model_name}/versions/{version}/config",
+        responses=ERRORS,
+        summary="Model version configuration, as Triton's",
+    )
+    async def version_config(request: Request, model_name: str, version: str) -> Response:
+        return json_response(_plane(request).model_config(model_name, version))
+
+    @router.get(
+        "/v2/models/{model_name}/stats", summary="Statistics of a model's versions", **stats_doc
+    )
+    async def model_stats(request: Request, model_name: str) -> Response:
+        return json_response({"model_stats": _plane(request).statistics(model_name)})
+
+    @router.get(
+        "/v2/models/{model_name}/versions/{version}/stats",
+        summary="Statistics of a model version",
+        **stats_doc,
+    )
+    async def version_stats(request: Request, model_name: str, version: str) -> Response:
+        return json_response({"model_stats": _plane(request).statistics(model_name, version)})
 
     ready_doc: dict[str, Any] = {
         "response_model": V2ModelReadyResponse,

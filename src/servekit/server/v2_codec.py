@@ -45,7 +45,13 @@ JSON_CONTENT_TYPE = "application/json"
 BINARY_CONTENT_TYPE = "application/octet-stream"
 
 # Extensions of the protocol this codec implements, for GET /v2.
-EXTENSIONS = ("binary_tensor_data", "schedule_policy", "model_repository")
+EXTENSIONS = (
+    "binary_tensor_data",
+    "schedule_policy",
+    "model_repository",
+    "model_configuration",
+    "statistics",
+)
 
 UINT64_MAX = 2**64 - 1
 _BYTES_PREFIX = np.dtype("<u4")
