@@ -24,6 +24,18 @@ DEMO = ROOT / "src" / "servekit" / "demo"
 ARTIFACTS = ROOT / "test-artifacts"
 
 
+# gRPC listens on 8001 and 8500 by default: servers started by tests do not, unless a
+# test asks (several servers at once would compete for those ports).
+NO_GRPC = {"SERVEKIT_GRPC_PORT": "0", "SERVEKIT_TFS_GRPC_PORT": "0"}
+
+
+@pytest.fixture(autouse=True)
+def _no_default_grpc_ports(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process apps (ServerSettings() reads the environment) leave the ports alone."""
+    for key, value in NO_GRPC.items():
+        monkeypatch.setenv(key, value)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -47,6 +59,7 @@ class ServerProcess:
         self.log_path = ARTIFACTS / f"{name}-{self.port}.log"
         self._log = self.log_path.open("wb")
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("SERVEKIT_")}
+        full_env.update(NO_GRPC)  # tests that use gRPC pass their own ports
         full_env.update(env or {})
         self.proc = subprocess.Popen(
             [*command, *args, "--port", str(self.port)],

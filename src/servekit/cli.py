@@ -112,6 +112,14 @@ def serve(
         str | None, typer.Option(help="Address to listen on [default: 127.0.0.1].")
     ] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on [default: 8000].")] = None,
+    grpc_port: Annotated[
+        int | None,
+        typer.Option(help="KServe v2 gRPC port, as Triton's; 0 disables [default: 8001]."),
+    ] = None,
+    tfs_grpc_port: Annotated[
+        int | None,
+        typer.Option(help="TF Serving gRPC port, as TF Serving's; 0 disables [default: 8500]."),
+    ] = None,
     config: Annotated[
         Path | None,
         typer.Option("--config", "-c", help="Server settings YAML (see configs/server.yaml)."),
@@ -135,7 +143,7 @@ def serve(
         typer.Option("--load-model", help="In explicit mode: a model to load at start (repeat)."),
     ] = None,
 ) -> None:
-    """Serve a model (or the bundled demo) over HTTP.
+    """Serve a model (or the bundled demo) over HTTP and gRPC.
 
     Settings come from, highest first: these flags, SERVEKIT_* environment variables,
     the --config YAML file, then defaults.
@@ -156,6 +164,8 @@ def serve(
             model_path=model_path,
             host=host,
             port=port,
+            grpc_port=grpc_port,
+            tfs_grpc_port=tfs_grpc_port,
             log_level=log_level,
             model_control_mode=model_control_mode,
             poll_interval_s=poll_interval,

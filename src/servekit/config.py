@@ -150,6 +150,12 @@ class ServerSettings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    grpc_port: int = Field(
+        8001, ge=0, le=65535, description="KServe v2 gRPC (as Triton's); 0 disables it."
+    )
+    tfs_grpc_port: int = Field(
+        8500, ge=0, le=65535, description="TF Serving's gRPC API (as TF Serving's); 0 disables it."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="413 above this.")
     default_model_config: ModelConfig = Field(default_factory=ModelConfig)

@@ -173,6 +173,19 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.grpc_requests = Counter(
+            "servekit_grpc_requests",
+            "gRPC calls by method (service/method) and status code.",
+            ("method", "code"),
+            registry=r,
+        )
+        self.grpc_seconds = Histogram(
+            "servekit_grpc_request_duration_seconds",
+            "Time to answer a gRPC call, by method.",
+            ("method",),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.load_seconds = Histogram(
             "servekit_model_load_duration_seconds",
             "Time to load and warm up a model version.",

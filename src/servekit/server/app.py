@@ -21,6 +21,7 @@ from starlette.types import ASGIApp
 from servekit import __version__
 from servekit.config import ServerSettings
 from servekit.dataplane import DataPlane
+from servekit.grpc.server import GrpcServer
 from servekit.metrics import Metrics, model_statistics
 from servekit.repository import ModelRegistry
 from servekit.server import admin, docs, errors, examples, health, monitoring, v1, v2
@@ -79,8 +80,23 @@ def create_app(settings: ServerSettings | None = None) -> ServekitAPI:
         poller = None
         if settings.model_control_mode == "poll" and registry.root is not None:
             poller = asyncio.create_task(registry.poll_forever(settings.poll_interval_s))
+        grpc_server = GrpcServer(
+            plane,
+            settings,
+            metrics,
+            lambda: bool(app.state.draining),
+            several_processes=monitoring.multiprocess_dir() is not None,
+        )
+        try:
+            await grpc_server.start()
+        except BaseException:
+            await registry.close(0)
+            raise
+        app.state.grpc_ports = grpc_server.ports
         yield
         app.state.draining = True
+        # New calls are refused from here; those in flight get the drain timeout.
+        await grpc_server.stop(settings.drain_timeout_s)
         if poller is not None:
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
