@@ -140,7 +140,10 @@ def serve(
     ] = None,
     load_model: Annotated[
         list[str] | None,
-        typer.Option("--load-model", help="In explicit mode: a model to load at start (repeat)."),
+        typer.Option(
+            "--load-model",
+            help="In explicit mode: a model to load at start (repeat); '*' loads every model.",
+        ),
     ] = None,
 ) -> None:
     """Serve a model (or the bundled demo) over HTTP and gRPC.

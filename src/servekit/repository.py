@@ -456,15 +456,19 @@ class ModelRegistry:
     # -- start -----------------------------------------------------------------------
 
     async def start(self, path: Path, load_models: Sequence[str] = (), mode: str = "none") -> None:
-        """Load what is due at start: every model (none/poll) or ``load_models`` (explicit)."""
+        """Load what is due at start: every model (none/poll) or ``load_models``
+        (explicit; ``*`` for every model)."""
         if path.is_file():  # noqa: ASYNC240 - one stat at start-up
             (source,) = scan(path)
             self._due.add(source.name)
             await self._load_versions([source], self.config_for(source))
             return
         self.root = path
-        names = self.repository_names() if mode != "explicit" else list(load_models)
-        if mode != "explicit" and not names:
+        # In explicit mode, '*' loads every model of the repository, as Triton's
+        # --load-model=* does.
+        every = mode != "explicit" or "*" in load_models
+        names = self.repository_names() if every else list(load_models)
+        if every and not names:
             scan(path)  # raises the "no models" error
         for name in names:
             self._due.add(check_name(name))
