@@ -12,8 +12,9 @@ block (the README's Development section says the same):
   process group; the blocks below run once ``/v2/health/ready`` answers on port N; at the
   end every such server gets SIGTERM and must shut down cleanly.
 
-Ports 8000-8099 in commands (``:8000``, ``--port 8000``) and markers are replaced by
-free ports (``make serve`` gets its port through the PORT variable its Makefile reads),
+Ports 8000-8099 and 8500 in commands (``:8000``, ``--port 8000``, ``--grpc-port 8003``)
+and markers are replaced by free ports (``make serve`` gets its port through the PORT
+variable its Makefile reads, and its gRPC ports through ``SERVEKIT_*`` variables),
 so the test runs beside a server a developer already has on 8000. Tools the commands
 use are installed with apt-get when missing (CI runs as root on a fresh Debian
 machine). Output of every block goes to test-artifacts/readme-*.log.
@@ -42,7 +43,7 @@ from conftest import ARTIFACTS, ROOT, free_port
 README = ROOT / "README.md"
 MARKER = re.compile(r"^<!-- runnable(?::\s*(?P<opts>.*?))?\s*-->$")
 FENCE = re.compile(r"^```(?P<lang>\w*)$")
-PORT = re.compile(r"(?:(?<=:)|(?<=--port ))80\d\d(?!\d)")
+PORT = re.compile(r"(?:(?<=:)|(?<=--port )|(?<=-grpc-port ))(?:80\d\d|8500)(?!\d)")
 # Commands the README uses that a fresh Debian machine may lack, and their packages.
 TOOLS = {"curl": "curl", "ab": "apache2-utils", "make": "make"}
 BLOCK_TIMEOUT_S = 180
@@ -170,6 +171,9 @@ class Server:
 def environment(ports: Ports) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SERVEKIT_")}
     env["PORT"] = str(ports(8000))  # the Makefile's default port for `make serve`
+    # The gRPC ports a server takes by default (Triton's and TF Serving's).
+    env["SERVEKIT_GRPC_PORT"] = str(ports(8001))
+    env["SERVEKIT_TFS_GRPC_PORT"] = str(ports(8500))
     return env
 
 
