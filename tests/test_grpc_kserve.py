@@ -398,3 +398,49 @@ def test_perf_analyzer_over_grpc(server: GrpcServer, tmp_path: Path) -> None:
     for row in rows:
         assert float(row["Inferences/Second"]) > 0
         assert float(row["Server Compute Infer"]) > 0
+
+
+async def test_a_cancelled_call_is_not_computed(server: GrpcServer) -> None:
+    """Calls cancelled while they wait behind a slow batch are dropped before compute."""
+    x = np.linspace(-1, 1, 64, dtype=np.float32).reshape(1, 64)
+
+    def inferences() -> float:
+        for line in httpx.get(f"{server.url}/metrics").text.splitlines():
+            if line.startswith('servekit_inferences_total{model="slow"'):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    request = service_pb2.ModelInferRequest(model_name="slow")
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 64])
+    request.raw_input_contents.append(x.tobytes())
+    before = inferences()
+    async with grpc.aio.insecure_channel(server.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        first = stub.ModelInfer(request)  # computes; the queue holds the next two
+        queued = [stub.ModelInfer(request) for _ in range(2)]
+        await asyncio.sleep(0.005)
+        for call in queued:
+            call.cancel()
+        await first
+        for call in queued:
+            with pytest.raises(asyncio.CancelledError):
+                await call
+    await asyncio.sleep(0.2)  # anything still running would have finished by now
+    assert inferences() - before == 1
+
+
+def test_messages_over_the_body_limit_are_refused() -> None:
+    server = GrpcServer(
+        str(REPO / "digits" / "1" / "model.tflite"), env={"SERVEKIT_MAX_BODY_BYTES": "4096"}
+    ).wait_ready()
+    try:
+        client = tg.InferenceServerClient(server.grpc_url)
+        big = np.zeros((32, 64), np.float32)  # 8 KiB of raw contents
+        with pytest.raises(InferenceServerException) as e:
+            client.infer("model", [infer_input("pixels", big, "FP32")])
+        assert code_of(e.value) == "StatusCode.RESOURCE_EXHAUSTED"
+        small = client.infer("model", [infer_input("pixels", big[:2], "FP32")])
+        assert small.as_numpy("probabilities").shape == (2, 10)
+        client.close()
+    finally:
+        assert server.stop() == 0, server.log()
