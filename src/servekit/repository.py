@@ -34,7 +34,12 @@ from servekit.tensors import Array, TensorSpec, check_inputs
 
 log = logging.getLogger(__name__)
 
-MODEL_FILES = tuple(b.model_file for b in BACKENDS.values())
+
+def model_files() -> tuple[str, ...]:
+    """The file names a version folder may hold: one per runtime in ``BACKENDS``."""
+    return tuple(b.model_file for b in BACKENDS.values())
+
+
 CONFIG_FILE = "config.yaml"
 SAMPLE_FILE = "sample_request.json"
 WARMUP_DIR = "warmup"
@@ -46,7 +51,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 class ModelSource:
     name: str
     version: int
-    path: Path  # the model file (with several in a version folder: the first of MODEL_FILES)
+    path: Path  # the model file (with several in a version folder: the first of model_files())
     config_path: Path | None
     # An example request body (TF Serving row format) shown in /docs, if the model has one.
     sample_request_path: Path | None = None
@@ -84,7 +89,7 @@ def scan_model_dir(model_dir: Path) -> list[ModelSource]:
 
 
 def _model_file(version_dir: Path) -> Path | None:
-    return next((f for name in MODEL_FILES if (f := version_dir / name).is_file()), None)
+    return next((f for name in model_files() if (f := version_dir / name).is_file()), None)
 
 
 def scan(path: Path) -> list[ModelSource]:
@@ -111,8 +116,8 @@ def scan(path: Path) -> list[ModelSource]:
             sources.extend(scan_model_dir(model_dir))
     if not sources:
         raise BadInput(
-            f"no models in {path}: expected <repo>/<model>/<version>/<one of {list(MODEL_FILES)}> "
-            "or a model file"
+            f"no models in {path}: expected <repo>/<model>/<version>/<one of "
+            f"{list(model_files())}> or a model file"
         )
     return sources
 
@@ -520,7 +525,7 @@ class ModelRegistry:
             if not sources:
                 raise NotFound(
                     f"model '{name}' has no versions: expected {name}/<version>/<one of "
-                    f"{list(MODEL_FILES)}>"
+                    f"{list(model_files())}>"
                 )
             config = self.config_for(sources[0], override)
             await self._load_versions(
