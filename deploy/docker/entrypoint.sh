@@ -3,8 +3,9 @@
 # servekit is PID 1 and receives SIGTERM itself (no shell left in between).
 #
 #   (no arguments) or options   serve: SERVEKIT_MODEL_PATH if set; else the repository
-#                               mounted at /models; else a single .tflite file there;
-#                               else, /models being empty, the bundled demo model
+#                               mounted at /models; else a single model file there
+#                               (.tflite or .onnx); else, /models being empty, the
+#                               bundled demo model
 #   serve [PATH] [OPTIONS...]   the same; a PATH given first wins
 #   inspect|optimize ARGS...    servekit ARGS...
 #   any other command           run as it is (docker run -it IMAGE sh)
@@ -16,9 +17,9 @@ say() {
     echo "servekit-entrypoint: $*" >&2
 }
 
-# True when $MODELS_DIR holds at least one <model>/<version>/model.tflite.
+# True when $MODELS_DIR holds at least one <model>/<version>/model.tflite (or model.onnx).
 has_repository() {
-    for f in "$MODELS_DIR"/*/*/model.tflite; do
+    for f in "$MODELS_DIR"/*/*/model.tflite "$MODELS_DIR"/*/*/model.onnx; do
         [ -f "$f" ] || continue
         version=$(basename "$(dirname "$f")")
         case "$version" in
@@ -52,7 +53,7 @@ serve() {
     fi
     count=0
     single=
-    for f in "$MODELS_DIR"/*.tflite; do
+    for f in "$MODELS_DIR"/*.tflite "$MODELS_DIR"/*.onnx; do
         [ -f "$f" ] || continue
         count=$((count + 1))
         single=$f
@@ -61,7 +62,7 @@ serve() {
         exec servekit serve "$single" "$@"
     fi
     if is_empty; then
-        say "no model in $MODELS_DIR (mount a repository: <model>/<version>/model.tflite); serving the bundled demo model"
+        say "no model in $MODELS_DIR (mount a repository: <model>/<version>/model.tflite or model.onnx); serving the bundled demo model"
         exec servekit serve "$@"
     fi
     # Something is there but not a repository: servekit says what it expected.
