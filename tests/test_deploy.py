@@ -4,11 +4,14 @@ The `docker` tests build the image of deploy/docker/Dockerfile and run it. They 
 Docker engine when none runs (installing Debian's docker.io as root when it is missing),
 and build on a local Debian base image when the default base cannot be pulled (as on a
 machine without Docker Hub): debootstrap bookworm + Debian's python3, kept by name so a
-rerun reuses it. Every container runs on the host network and listens on 127.0.0.1.
+rerun reuses it. Every container runs on the host network and listens on 127.0.0.1, on
+free ports for HTTP and both gRPC ports; one runs on a network of its own, with the
+image's defaults (every interface, 8000, 8001 and 8500).
 
 The other tests need no engine: hadolint on the Dockerfile, `kubectl kustomize` and
-kubernetes-validate on every manifest (CRDs such as ServiceMonitor and InferenceService
-have no schema there: their structure is checked here, and the pod parts they carry are
+kubernetes-validate on every manifest and on the base and overlay with the optional
+components (CRDs such as ServiceMonitor, ServingRuntime and InferenceService have no
+schema there: their structure is checked here, and the pod parts they carry are
 validated as a Pod), and the prometheus-adapter rule run by a real Prometheus against a
 real servekit.
 """
@@ -31,16 +34,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import kubernetes_validate
 import numpy as np
 import pytest
 import yaml
 from ai_edge_litert.interpreter import Interpreter
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import ARTIFACTS, DEMO, REPO, ROOT, ServerProcess, digits_rows, free_port
 from monitoring_support import MONITORING, ensure_prometheus
+from servekit.config import ServerSettings
+from servekit.runtime import BACKENDS
 from test_install import INSPECT, installed_versions, locked_versions, uv_version
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 DOCKER_DIR = ROOT / "deploy" / "docker"
 DOCKERFILE = DOCKER_DIR / "Dockerfile"
@@ -49,6 +61,15 @@ K8S = ROOT / "deploy" / "kubernetes"
 BASE = K8S / "base"
 OVERLAY = K8S / "overlays" / "production"
 ADAPTER = K8S / "prometheus-adapter"
+GRPC_PROBES = K8S / "components" / "grpc-probes"
+KSERVE = K8S / "kserve"
+ONNX_DIGITS = ROOT / "tests" / "models" / "onnx" / "digits" / "1" / "model.onnx"
+
+# servekit's default ports (src/servekit/config.py): the image's, Triton's, TF Serving's.
+DEFAULT_PORTS = {
+    name: ServerSettings.model_fields[name].default
+    for name in ("port", "grpc_port", "tfs_grpc_port")
+}
 
 DEFAULT_BASE_IMAGE = "python:3.11-slim-bookworm"
 # The local stand-in for it: Debian bookworm's own python3 (3.11) with venv and pip.
@@ -116,6 +137,58 @@ def test_dockerignore_keeps_the_build_context_small() -> None:
 def test_the_image_installs_with_the_uv_of_install_sh() -> None:
     found = re.search(r"^ARG UV_VERSION=(\S+)$", DOCKERFILE.read_text(), re.MULTILINE)
     assert found and found[1] == uv_version(), "deploy/docker/Dockerfile's uv is not install.sh's"
+
+
+def dockerfile_instructions(stage: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of one stage of the Dockerfile, continuation lines joined."""
+    lines = []
+    for line in DOCKERFILE.read_text().replace("\\\n", " ").splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            word, _, rest = line.strip().partition(" ")
+            lines.append((word.upper(), rest.strip()))
+    starts = [i for i, (word, rest) in enumerate(lines) if word == "FROM"]
+    (start,) = [i for i in starts if lines[i][1].endswith(f" AS {stage}")]
+    end = next((i for i in starts if i > start), len(lines))
+    return lines[start:end]
+
+
+def dockerfile_extras() -> list[str]:
+    """The extras the image installs: the EXTRAS build argument's default."""
+    (value,) = [
+        rest.split("=", 1)[1]
+        for word, rest in dockerfile_instructions("build")
+        if word == "ARG" and rest.startswith("EXTRAS=")
+    ]
+    return [e for e in value.split(",") if e]
+
+
+def test_the_image_installs_the_onnx_extra_and_exposes_every_port() -> None:
+    # ONNX Runtime by default (EXTRAS), an extra that pyproject.toml has.
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert dockerfile_extras() == ["onnx"]
+    assert set(dockerfile_extras()) <= extras["optional-dependencies"].keys()
+    runtime = dockerfile_instructions("runtime")
+    env: dict[str, str] = {}
+    for word, rest in runtime:
+        if word == "ENV":
+            env.update(dict(re.findall(r"(\w+)=(\S+)", rest)))
+    exposed = {int(p) for word, rest in runtime if word == "EXPOSE" for p in rest.split()}
+    # HTTP and both gRPC ports at servekit's defaults, on every interface (gRPC binds
+    # SERVEKIT_HOST as HTTP does), all of them exposed.
+    assert env["SERVEKIT_HOST"] == "0.0.0.0"
+    ports = {
+        "port": int(env["SERVEKIT_PORT"]),
+        "grpc_port": int(env["SERVEKIT_GRPC_PORT"]),
+        "tfs_grpc_port": int(env["SERVEKIT_TFS_GRPC_PORT"]),
+    }
+    assert ports == DEFAULT_PORTS == {"port": 8000, "grpc_port": 8001, "tfs_grpc_port": 8500}
+    assert exposed == set(ports.values())
+    # ONNX Runtime's telemetry (1.29 and later, Linux included) stays off in the image.
+    assert env["ORT_DISABLE_TELEMETRY"] == "1"
+    # The health check stays on HTTP.
+    (check,) = [rest for word, rest in runtime if word == "HEALTHCHECK"]
+    assert check.endswith('CMD ["servekit-healthcheck"]')
+    assert "/v2/health/ready" in (DOCKER_DIR / "healthcheck.py").read_text()
 
 
 # -- a Docker engine, a base image and the servekit image -------------------------------
@@ -332,7 +405,10 @@ def image(docker: Docker, base_image: str) -> str:
 
 
 class Container:
-    """One servekit container on the host network, listening on 127.0.0.1:port."""
+    """One servekit container on the host network, listening on 127.0.0.1: HTTP on port,
+    gRPC on grpc_port (KServe v2) and tfs_grpc_port (TF Serving), free ports all three.
+    own_network: on a network of its own (none: loopback only) with the image's defaults
+    instead (every interface, 8000, 8001, 8500), reached with docker exec."""
 
     def __init__(
         self,
@@ -341,20 +417,29 @@ class Container:
         *args: str,
         env: dict[str, str] | None = None,
         command: tuple[str, ...] = (),
+        own_network: bool = False,
     ):
         self.docker = docker
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.name = f"servekit-test-{uuid.uuid4().hex[:10]}"
         docker.containers.append(self.name)
+        if own_network:
+            self.port, self.grpc_port, self.tfs_grpc_port = DEFAULT_PORTS.values()
+            settings = {}
+            network = "none"
+        else:
+            self.port, self.grpc_port, self.tfs_grpc_port = free_port(), free_port(), free_port()
+            settings = {
+                "SERVEKIT_HOST": "127.0.0.1",
+                "SERVEKIT_PORT": str(self.port),
+                "SERVEKIT_GRPC_PORT": str(self.grpc_port),
+                "SERVEKIT_TFS_GRPC_PORT": str(self.tfs_grpc_port),
+            }
+            network = "host"
+        self.url = f"http://127.0.0.1:{self.port}"
         env_args = []
-        for key, value in {
-            "SERVEKIT_HOST": "127.0.0.1",
-            "SERVEKIT_PORT": str(self.port),
-            **(env or {}),
-        }.items():
+        for key, value in {**settings, **(env or {})}.items():
             env_args += ["--env", f"{key}={value}"]
-        options = ["--detach", "--name", self.name, "--network", "host", *env_args, *args]
+        options = ["--detach", "--name", self.name, "--network", network, *env_args, *args]
         docker("run", *options, image, *command)
 
     def inspect(self, template: str) -> str:
@@ -415,6 +500,41 @@ def reference(model: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarra
     return {k: np.asarray(v) for k, v in runner(**inputs).items()}
 
 
+def onnx_reference(model: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """onnxruntime's own session on the model file: no servekit code."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, inputs), strict=True))
+
+
+def grpc_health(port: int, service: str = "") -> str:
+    """grpc.health.v1's answer for service on 127.0.0.1:port (SERVING, NOT_SERVING)."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        answer = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=10
+        )
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))
+
+
+def grpc_infer(port: int, model: str, name: str, x: np.ndarray) -> dict[str, np.ndarray]:
+    """One ModelInfer over KServe v2 gRPC with Triton's client; every output."""
+    import tritonclient.grpc as triton_grpc
+
+    client = triton_grpc.InferenceServerClient(f"127.0.0.1:{port}")
+    try:
+        assert client.is_server_live() and client.is_server_ready()
+        assert client.is_model_ready(model)
+        outputs = [o["name"] for o in client.get_model_metadata(model, as_json=True)["outputs"]]
+        inp = triton_grpc.InferInput(name, list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        result = client.infer(model, [inp])
+        return {o: result.as_numpy(o) for o in outputs}
+    finally:
+        client.close()
+
+
 @pytest.mark.docker
 @pytest.mark.timeout(1800)
 def test_image_serves_the_demo_model_and_stops_drained(docker: Docker, image: str) -> None:
@@ -439,6 +559,20 @@ def test_image_serves_the_demo_model_and_stops_drained(docker: Docker, image: st
     with np.load(ROOT / "tests" / "models" / "digits_sample.npz") as data:
         assert (got.argmax(1) == data["y"][:32]).mean() > 0.9  # a real classifier
     assert "servekit_pending_requests" in httpx.get(f"{c.url}/metrics", timeout=10).text
+
+    # gRPC: the standard health service on both ports, and KServe v2 with Triton's client
+    # (one row, as a client in another language would send it).
+    for port, service in (
+        (c.grpc_port, ""),
+        (c.grpc_port, "inference.GRPCInferenceService"),
+        (c.tfs_grpc_port, ""),
+    ):
+        assert grpc_health(port, service) == "SERVING", (port, service)
+    one = digits_rows(1, 40)
+    got_grpc = grpc_infer(c.grpc_port, "digits", "pixels", one)
+    want_one = reference(DEMO / "digits.tflite", {"pixels": one})["probabilities"]
+    np.testing.assert_allclose(got_grpc["probabilities"], want_one, rtol=1e-5, atol=1e-6)
+
     # The package data made it into the wheel: /docs and every asset it loads.
     docs = httpx.get(f"{c.url}/docs", timeout=10)
     assert docs.status_code == 200
@@ -448,6 +582,93 @@ def test_image_serves_the_demo_model_and_stops_drained(docker: Docker, image: st
         assert httpx.get(f"{c.url}{asset}", timeout=10).status_code == 200, asset
 
     assert_drained_exit(c)
+
+
+LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp
+
+
+def listening(c: Container) -> set[tuple[str, int]]:
+    """(address, port) of every listening TCP socket in the container's network
+    namespace, from /proc/net/tcp and tcp6 (no ss or netstat in a slim image)."""
+    out = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        done = c.docker("exec", c.name, "cat", table, check=False)
+        for line in done.stdout.splitlines()[1:]:
+            fields = line.split()
+            address, port = fields[1].split(":")
+            if fields[3] == LISTEN:
+                any_address = set(address) == {"0"}
+                out.add(("*" if any_address else address, int(port, 16)))
+    return out
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(1800)
+def test_image_defaults_listen_on_every_interface_for_http_and_grpc(
+    docker: Docker, image: str
+) -> None:
+    """No settings at all, as `docker run -p ...` or Kubernetes starts it: HTTP and both
+    gRPC ports on every interface, the ports the image exposes."""
+    exposed = json.loads(
+        docker("image", "inspect", "--format", "{{json .Config.ExposedPorts}}", image).stdout
+    )
+    assert set(exposed) == {f"{p}/tcp" for p in DEFAULT_PORTS.values()}
+    c = Container(docker, image, "--read-only", "--tmpfs", "/tmp", own_network=True)
+    c.wait_healthy()
+    sockets = listening(c)
+    for port in DEFAULT_PORTS.values():
+        assert ("*", port) in sockets, (port, sockets)
+    grpc_log = [line for line in c.logs().splitlines() if "gRPC listening on" in line]
+    assert grpc_log and "0.0.0.0:8001, 0.0.0.0:8500" in grpc_log[0], c.logs()
+    # gRPC answers there, asked from inside (the image has grpcio's health stubs).
+    check = (
+        "import grpc, sys; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; "
+        "ch = grpc.insecure_channel(sys.argv[1]); "
+        "print(h.HealthCheckResponse.ServingStatus.Name("
+        "g.HealthStub(ch).Check(h.HealthCheckRequest(), timeout=10).status))"
+    )
+    for port in (c.grpc_port, c.tfs_grpc_port):
+        done = docker("exec", c.name, "python", "-c", check, f"127.0.0.1:{port}")
+        assert done.stdout.strip() == "SERVING", done.stdout + done.stderr
+    assert_drained_exit(c)
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(1800)
+def test_image_serves_onnx_models(docker: Docker, image: str, tmp_path: Path) -> None:
+    """The onnx extra is in the image: a mounted repository of model.onnx, and a single
+    .onnx file, answer as onnxruntime does, over HTTP and gRPC."""
+    tmp_path.chmod(0o755)
+    repo = tmp_path / "repo"
+    (repo / "digits" / "1").mkdir(parents=True)
+    for folder in (repo, repo / "digits", repo / "digits" / "1"):
+        folder.chmod(0o755)
+    shutil.copy(ONNX_DIGITS, repo / "digits" / "1" / "model.onnx")
+    (repo / "digits" / "1" / "model.onnx").chmod(0o644)
+    c = Container(docker, image, "--read-only", "--tmpfs", "/tmp", "--volume", f"{repo}:/models:ro")
+    single = Container(docker, image, "--volume", f"{ONNX_DIGITS}:/models/handwriting.onnx:ro")
+
+    c.wait_healthy()
+    meta = httpx.get(f"{c.url}/v2/models/digits", timeout=10).json()
+    assert meta["platform"] == "onnxruntime_onnx", meta
+    x = digits_rows(8, 120)
+    want = onnx_reference(ONNX_DIGITS, {"pixels": x})["probabilities"]
+    r = httpx.post(f"{c.url}/v1/models/digits:predict", json={"instances": x.tolist()}, timeout=30)
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(r.json()["predictions"], want, rtol=1e-5, atol=1e-6)
+    got = grpc_infer(c.grpc_port, "digits", "pixels", x[:1])
+    np.testing.assert_allclose(got["probabilities"], want[:1], rtol=1e-5, atol=1e-6)
+    # ORT_DISABLE_TELEMETRY took: without it ONNX Runtime warns that it cannot write its
+    # telemetry device ID under the read-only root.
+    assert "telemetry" not in c.logs().lower(), c.logs()
+    assert_drained_exit(c)
+
+    single.wait_ready()
+    models = httpx.get(f"{single.url}/v1/models", timeout=10).json()
+    assert [m["name"] for m in models] == ["handwriting"]
+    meta = httpx.get(f"{single.url}/v2/models/handwriting", timeout=10).json()
+    assert meta["platform"] == "onnxruntime_onnx", meta
+    assert_drained_exit(single)
 
 
 @pytest.mark.docker
@@ -591,9 +812,10 @@ def test_image_holds_exactly_the_locked_runtime_packages(docker: Docker, image: 
     done = docker("run", "--rm", "--network", "none", *python)
     inspected = json.loads(done.stdout)
     installed = installed_versions(inspected)
-    # servekit and its dependencies at uv.lock's versions for the image's Python: no
-    # extras, no pip or setuptools.
-    assert installed == locked_versions([], inspected["environment"])
+    # servekit and its dependencies at uv.lock's versions for the image's Python, with
+    # the extras of the EXTRAS build argument (onnx) and nothing else: no pip or setuptools.
+    assert installed == locked_versions(dockerfile_extras(), inspected["environment"])
+    assert "onnxruntime" in installed
 
 
 # -- docker compose ---------------------------------------------------------------------
@@ -666,6 +888,11 @@ def test_compose_file_is_valid_and_matches_the_monitoring_configs() -> None:
     home = services["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert grafana[str(Path(home).parent)].joinpath(Path(home).name).is_file()
 
+    # gRPC on the host's network at servekit's default ports, apart from HTTP's.
+    ports = [env[k] for k in ("SERVEKIT_PORT", "SERVEKIT_GRPC_PORT", "SERVEKIT_TFS_GRPC_PORT")]
+    assert [int(p) for p in ports] == list(DEFAULT_PORTS.values())
+    assert services["servekit"]["network_mode"] == "host" and "ports" not in services["servekit"]
+
     # The stop: servekit's drain fits in the grace period before SIGKILL.
     grace = int(services["servekit"]["stop_grace_period"].rstrip("s"))
     assert float(env["SERVEKIT_DRAIN_TIMEOUT_S"]) < grace
@@ -699,6 +926,9 @@ def validate(doc: dict[str, Any], where: str) -> None:
         return
     if doc["kind"] == "InferenceService":
         check_inference_service(doc)
+        return
+    if doc["kind"] == "ServingRuntime":
+        check_serving_runtime(doc)
         return
     for version in KUBERNETES_VERSIONS:
         try:
@@ -740,37 +970,114 @@ def check_service_monitor(doc: dict[str, Any]) -> None:
             assert re.fullmatch(r"\d+[smh]", endpoint.get(key, "1s")), endpoint
 
 
+# The keys below are field names of KServe's CRDs (kserve/kserve,
+# config/crd/full/serving.kserve.io_{inferenceservices,servingruntimes}.yaml): the
+# manifests were checked against those schemas when written; these checks keep them to
+# the fields servekit uses.
+
+
+def check_serving_runtime(doc: dict[str, Any]) -> None:
+    assert doc["apiVersion"] == "serving.kserve.io/v1alpha1"
+    spec = doc["spec"]
+    check_keys(
+        "ServingRuntime.spec",
+        spec,
+        {"supportedModelFormats", "protocolVersions", "containers", "annotations", "disabled"},
+        {"supportedModelFormats", "protocolVersions", "containers"},
+    )
+    # servekit's runtimes, by KServe's format names; the Open Inference Protocol over REST
+    # and gRPC (KServe's values: v1, v2, grpc-v1, grpc-v2).
+    formats = spec["supportedModelFormats"]
+    for f in formats:
+        check_keys(
+            "supportedModelFormat", f, {"name", "version", "autoSelect", "priority"}, {"name"}
+        )
+    assert {f["name"] for f in formats} == set(BACKENDS)
+    assert set(spec["protocolVersions"]) == {"v2", "grpc-v2"}
+    validate_as_pod(doc["metadata"]["name"], {"containers": spec["containers"]})
+    (container,) = spec["containers"]
+    assert container["name"] == "kserve-container"
+    env = {e["name"]: e["value"] for e in container["env"]}
+    # KServe reads the port names: the first port is REST (http1), the gRPC one is h2c.
+    # The plain Deployment calls that port grpc (test_kustomize_...).
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert container["ports"][0]["name"] == "http1"
+    assert ports == {
+        "http1": int(env["SERVEKIT_PORT"]),
+        "h2c": int(env["SERVEKIT_GRPC_PORT"]),
+    }
+    # One gRPC port: every gRPC service answers on it; a second would have no Service.
+    assert env["SERVEKIT_TFS_GRPC_PORT"] == "0"
+    assert env["SERVEKIT_HOST"] == "0.0.0.0"
+    # The storage initializer puts the InferenceService's storageUri at /mnt/models.
+    assert env["SERVEKIT_MODEL_PATH"] == "/mnt/models"
+    assert container["readinessProbe"]["httpGet"] == {
+        "path": "/v2/health/ready",
+        "port": ports["http1"],
+    }
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert container["securityContext"]["runAsUser"] == 10001  # the image's user
+
+
 def check_inference_service(doc: dict[str, Any]) -> None:
     assert doc["apiVersion"] == "serving.kserve.io/v1beta1"
     annotations = doc["metadata"].get("annotations", {})
     assert annotations.get("serving.kserve.io/deploymentMode", "Serverless") in {
         "Serverless",
         "RawDeployment",
+        "Standard",
     }
     check_keys("InferenceService.spec", doc["spec"], {"predictor"}, {"predictor"})
     predictor = doc["spec"]["predictor"]
     check_keys(
         "predictor",
         predictor,
-        {"minReplicas", "maxReplicas", "containers", "scaleMetric", "scaleTarget"},
-        {"containers"},
+        {"minReplicas", "maxReplicas", "model", "scaleMetric", "scaleTarget"},
+        {"model"},
     )
     assert 0 <= predictor["minReplicas"] <= predictor["maxReplicas"]
-    # The predictor's containers are a pod's containers: validate them as one.
-    validate_as_pod(doc["metadata"]["name"], {"containers": predictor["containers"]})
-    (container,) = predictor["containers"]
-    assert container["name"] == "kserve-container"
-    env = {e["name"]: e["value"] for e in container["env"]}
-    (port,) = container["ports"]
-    assert int(env["SERVEKIT_PORT"]) == port["containerPort"]
-    assert env["SERVEKIT_HOST"] == "0.0.0.0"
-    # The storage initializer puts STORAGE_URI's repository at /mnt/models.
-    assert env["STORAGE_URI"] and env["SERVEKIT_MODEL_PATH"] == "/mnt/models"
-    assert container["readinessProbe"]["httpGet"] == {
-        "path": "/v2/health/ready",
-        "port": port["containerPort"],
-    }
-    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    # protocolVersion is a field of predictor.model (not of a custom predictor's
+    # containers): the model names its runtime, format, protocol and storage.
+    model = predictor["model"]
+    check_keys(
+        "predictor.model",
+        model,
+        {"runtime", "modelFormat", "protocolVersion", "storageUri", "resources", "env"},
+        {"runtime", "modelFormat", "protocolVersion", "storageUri"},
+    )
+    check_keys("modelFormat", model["modelFormat"], {"name", "version"}, {"name"})
+    assert model["protocolVersion"] in {"v1", "v2", "grpc-v1", "grpc-v2"}
+    assert re.match(r"^[a-z0-9]+://", model["storageUri"])
+
+
+def kserve_docs() -> dict[str, dict[str, Any]]:
+    docs = {}
+    for path in sorted(KSERVE.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            docs[doc["kind"]] = doc
+    return docs
+
+
+def test_kserve_inference_service_runs_on_the_servekit_runtime() -> None:
+    """What KServe matches: the runtime by name, the model format among its formats, the
+    protocol among its protocolVersions (v2 here, with grpc-v2 on the h2c port)."""
+    docs = kserve_docs()
+    assert docs.keys() == {"ServingRuntime", "InferenceService"}
+    runtime, isvc = docs["ServingRuntime"], docs["InferenceService"]
+    validate(runtime, "kserve/servingruntime.yaml")
+    validate(isvc, "kserve/inferenceservice.yaml")
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["runtime"] == runtime["metadata"]["name"]
+    formats = {f["name"] for f in runtime["spec"]["supportedModelFormats"]}
+    assert model["modelFormat"]["name"] in formats
+    assert model["protocolVersion"] == "v2"
+    assert model["protocolVersion"] in runtime["spec"]["protocolVersions"]
+    # Two ports need RawDeployment (Knative takes one).
+    mode = isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"]
+    assert mode in {"RawDeployment", "Standard"}
+    # The image's entrypoint serves SERVEKIT_MODEL_PATH as it is: no args.
+    (container,) = runtime["spec"]["containers"]
+    assert "args" not in container and "command" not in container
 
 
 def kustomization_patches() -> set[Path]:
@@ -802,6 +1109,7 @@ def test_every_kubernetes_manifest_validates() -> None:
         "PodDisruptionBudget",
         "ServiceMonitor",
         "InferenceService",
+        "ServingRuntime",
         "ConfigMap",
     }
 
@@ -823,20 +1131,30 @@ def test_kustomize_builds_a_valid_scalable_deployment(path: Path) -> None:
     (container,) = pod["spec"]["containers"]
     pod_labels = pod["metadata"]["labels"]
 
-    # Probes on the health endpoints, by the named port.
-    (port,) = container["ports"]
+    # The ports, named as Kubernetes and meshes expect (KServe's h2c is in kserve/),
+    # at the server's settings; gRPC on every interface, as HTTP.
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {
+        "http": int(env["SERVEKIT_PORT"]),
+        "grpc": int(env["SERVEKIT_GRPC_PORT"]),
+        "grpc-tfs": int(env["SERVEKIT_TFS_GRPC_PORT"]),
+    }
+    assert list(ports.values()) == list(DEFAULT_PORTS.values())
+    assert all(p["protocol"] == "TCP" for p in container["ports"])
+    assert env["SERVEKIT_HOST"] == "0.0.0.0"
+    # Probes on the HTTP health endpoints, by the named port (components/grpc-probes
+    # moves readiness to gRPC: test_grpc_probes_component_...).
     for probe, endpoint in (
         ("startupProbe", "/v2/health/live"),
         ("livenessProbe", "/v2/health/live"),
         ("readinessProbe", "/v2/health/ready"),
     ):
-        assert container[probe]["httpGet"] == {"path": endpoint, "port": port["name"]}
+        assert container[probe]["httpGet"] == {"path": endpoint, "port": "http"}
     # The stop: preStop pause + drain < grace period.
-    env = {e["name"]: e.get("value") for e in container["env"]}
     pause = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
     grace = pod["spec"]["terminationGracePeriodSeconds"]
     assert pause + float(env["SERVEKIT_DRAIN_TIMEOUT_S"]) < grace
-    assert int(env["SERVEKIT_PORT"]) == port["containerPort"]
     # Sized: requests and limits; instances x threads fit the CPU.
     resources = container["resources"]
     assert resources["requests"].keys() == resources["limits"].keys() == {"cpu", "memory"}
@@ -852,6 +1170,11 @@ def test_kustomize_builds_a_valid_scalable_deployment(path: Path) -> None:
     assert pod["spec"]["securityContext"]["runAsUser"] == 10001  # the image's user
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     assert mounts["/models"]["name"] in volumes
+
+    # The Service: every container port, by the same names, on the same numbers.
+    assert {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
+        name: (number, name) for name, number in ports.items()
+    }
 
     # Everything selects these pods.
     selects = set(deployment["spec"]["selector"]["matchLabels"].items())
@@ -881,6 +1204,57 @@ def test_kustomize_builds_a_valid_scalable_deployment(path: Path) -> None:
     }
     assert metrics == {"cpu", "servekit_pending_requests"}
     assert 2 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+
+
+def kustomize_with_components(
+    tmp_path: Path, path: Path, *components: Path
+) -> list[dict[str, Any]]:
+    """A kustomization (in tmp_path) of path plus components, as a user's overlay adds
+    them, built."""
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(path, tmp_path)],
+        "components": [os.path.relpath(c, tmp_path) for c in components],
+    }
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    return kustomize(tmp_path)
+
+
+@pytest.mark.parametrize("path", [BASE, OVERLAY], ids=["base", "overlay"])
+def test_grpc_probes_component_asks_grpc_health_for_readiness(path: Path, tmp_path: Path) -> None:
+    component = yaml.safe_load((GRPC_PROBES / "kustomization.yaml").read_text())
+    assert component["kind"] == "Component"
+    plain = {(d["kind"], d["metadata"]["name"]): d for d in kustomize(path)}
+    docs = kustomize_with_components(tmp_path, path, GRPC_PROBES)
+    for doc in docs:
+        validate(doc, f"{path.relative_to(ROOT)} + {GRPC_PROBES.relative_to(ROOT)}")
+    by_name = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    # Only the Deployment changes, and in it only the readiness probe's handler.
+    assert by_name.keys() == plain.keys()
+    for key, doc in by_name.items():
+        if key[0] != "Deployment":
+            assert doc == plain[key], key
+    (deployment,) = [d for k, d in by_name.items() if k[0] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    (before,) = plain["Deployment", deployment["metadata"]["name"]]["spec"]["template"]["spec"][
+        "containers"
+    ]
+    readiness = container["readinessProbe"]
+    # Kubernetes' gRPC probe takes a port number, not a name: the grpc port's.
+    grpc_port = {p["name"]: p["containerPort"] for p in container["ports"]}["grpc"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert readiness["grpc"] == {"port": grpc_port} and grpc_port == int(env["SERVEKIT_GRPC_PORT"])
+    assert "httpGet" not in readiness  # one handler per probe
+    timing = {k: v for k, v in readiness.items() if k != "grpc"}
+    assert timing == {k: v for k, v in before["readinessProbe"].items() if k != "httpGet"}
+    # Startup and liveness stay on HTTP /v2/health/live (gRPC health says NOT_SERVING
+    # while loading and draining: not ready, but alive).
+    for probe in ("startupProbe", "livenessProbe"):
+        assert container[probe] == before[probe]
+        assert container[probe]["httpGet"]["path"] == "/v2/health/live"
+    rest = {k: v for k, v in container.items() if k != "readinessProbe"}
+    assert rest == {k: v for k, v in before.items() if k != "readinessProbe"}
 
 
 def test_overlay_mounts_a_repository_and_pins_the_image() -> None:
