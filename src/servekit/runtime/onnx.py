@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -71,6 +72,12 @@ def _ort() -> Any:
         raise BadInput(
             f"ONNX Runtime is not installed ({e}): {INSTALL_HINT} to serve .onnx models"
         ) from None
+    # A server sends no usage data of its own accord (newer onnxruntime releases do by
+    # default); ORT_DISABLE_TELEMETRY=0 in the environment is the user's choice to.
+    if os.environ.get("ORT_DISABLE_TELEMETRY") != "0":
+        disable = getattr(onnxruntime, "disable_telemetry_events", None)
+        if callable(disable):
+            disable()
     return onnxruntime
 
 
