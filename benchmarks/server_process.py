@@ -6,6 +6,7 @@ Deliberately independent of the test suite (benchmarks import nothing from ``tes
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -24,9 +25,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct ports free right now (bound together, then released)."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(n):
+            s = stack.enter_context(socket.socket())
+            s.bind(("127.0.0.1", 0))
+            ports.append(int(s.getsockname()[1]))
+        return ports
 
 
 class ChildServer:
@@ -41,8 +51,9 @@ class ChildServer:
         env: Mapping[str, str] | None = None,
         log_path: Path | None = None,
         ready_path: str = "/v2/health/ready",
+        port: int | None = None,
     ) -> None:
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ready_path = ready_path
         self.log_path = log_path or Path(tempfile.gettempdir()) / f"server-{self.port}.log"
@@ -103,8 +114,19 @@ class ChildServer:
 
 
 class ServerProcess(ChildServer):
-    """``python -m servekit serve model_path *args``."""
+    """``python -m servekit serve model_path *args``, its two gRPC APIs on free ports
+    (``grpc_port``, ``tfs_grpc_port``) unless ``args`` names them: their defaults,
+    8001 and 8500, may be taken, by another server or a test run."""
 
     def __init__(self, model_path: Path, *args: str, log_path: Path | None = None) -> None:
         command = [sys.executable, "-m", "servekit", "serve", str(model_path), *args]
-        super().__init__(command, log_path=log_path)
+        port, self.grpc_port, self.tfs_grpc_port = free_ports(3)
+        if "--grpc-port" in args:
+            self.grpc_port = int(args[args.index("--grpc-port") + 1])
+        else:
+            command += ["--grpc-port", str(self.grpc_port)]
+        if "--tfs-grpc-port" in args:
+            self.tfs_grpc_port = int(args[args.index("--tfs-grpc-port") + 1])
+        else:
+            command += ["--tfs-grpc-port", str(self.tfs_grpc_port)]
+        super().__init__(command, log_path=log_path, port=port)
