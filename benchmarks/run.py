@@ -1,21 +1,26 @@
 """How close servekit gets to its two limits, measured in one run on one machine.
 
-For each benchmark model (built by ``make_bench_models.py`` into ``benchmarks/build``):
+For each benchmark model (built by ``make_bench_models.py`` into ``benchmarks/build``),
+in each runtime (``--runtimes``: the TFLite file, ``tiny``, and its ONNX export,
+``tiny_onnx``, run one after the other):
 
-(a) **raw interpreter**: ai-edge-litert in this process, no HTTP, the same threads as
-    the server (``instances`` interpreters, each in its own Python thread with
-    ``threads_per_instance`` TFLite threads), invoking back to back at every batch size
-    the server allocates; the best samples/s is the limit. Also the median time of one
-    batch-1 invoke (set_tensor + invoke + get_tensor) on one interpreter: the latency
-    floor. It is measured before the servers and after each, and the fastest is kept:
-    on a shared machine a slow spell during a single measurement would raise the floor
-    and flatter servekit's latency.
+(a) **raw runtime**: ai-edge-litert (or onnxruntime) in this process, no HTTP, the same
+    threads as the server (``instances`` interpreters or sessions, each in its own
+    Python thread with ``threads_per_instance`` runtime threads; ONNX sessions with
+    servekit's own session options), invoking back to back at every batch size the
+    server allocates; the best samples/s is the limit. Also the median time of one
+    batch-1 invoke (set_tensor + invoke + get_tensor; ``session.run``) on one
+    interpreter: the latency floor. It is measured before the servers and after each,
+    and the fastest is kept: on a shared machine a slow spell during a single
+    measurement would raise the floor and flatter servekit's latency.
 (b) **bare ASGI floor**: ``bare_asgi.py`` under uvicorn with servekit's settings
     (uvloop, httptools, no access log, same ``--workers``): reads the same request
     body and answers with the bytes of a real servekit response to it. Same load
-    generator as (c).
+    generator as (c). It depends on the bytes, not the runtime: measured once per
+    benchmark model (after its first runtime's servers) and shared by both runtimes.
 (c) **servekit**, batching on (``max_batch_size`` 32, 64 for ``wide``,
-    ``max_queue_delay_ms`` 0) and off (``max_batch_size`` 1), same instances.
+    ``max_queue_delay_ms`` 0) and off (``max_batch_size`` 1), same instances, every
+    other setting its default (gRPC on free ports, idle).
 (d) **lean bound**: ``lean_asgi.py``, servekit's core (validation, batcher, instances,
     model metrics) behind the least HTTP code, batching on: the most any Python
     request path on this stack could reach. Reported next to each target.
@@ -28,14 +33,16 @@ answers plus socket errors and timeouts. Server RSS (all its processes) and CPU 
 come from /proc. Before any timing, one request per server is checked against the
 raw interpreter's output.
 
-Writes ``benchmarks/results/<model>.json``, ``<model>.png`` and ``summary.md``.
+Writes ``benchmarks/results/<model>.json``, ``<model>.png`` (``tiny``, ``tiny_onnx``, ...)
+and ``summary.md`` (with a TFLite / ONNX Runtime table when both ran).
 
-    .venv/bin/python benchmarks/run.py                # everything, ~6 minutes
+    .venv/bin/python benchmarks/run.py                      # everything, ~11 minutes
+    .venv/bin/python benchmarks/run.py --runtimes tflite    # the TFLite files, ~6 minutes
     .venv/bin/python benchmarks/run.py --models tiny --duration 2 --concurrency 1 64
 
-Needs matplotlib, TensorFlow (to build the models: ``--tf-python`` names another
-interpreter for that) and wrk (``apt-get install wrk``; installed here if missing and
-running as root).
+Needs matplotlib, onnxruntime, TensorFlow and tf2onnx (to build the models:
+``--tf-python`` names another interpreter for that) and wrk (``apt-get install wrk``;
+installed here if missing and running as root).
 """
 
 from __future__ import annotations
@@ -64,6 +71,7 @@ from server_process import ChildServer, ServerProcess
 
 from servekit.bench import Fill, InputMeta, Protocol, encode_request, make_arrays
 from servekit.loadgen import RawClient
+from servekit.runtime.onnx import session_options
 
 HERE = Path(__file__).resolve().parent
 BUILD = HERE / "build"
@@ -72,28 +80,49 @@ RESULTS = HERE / "results"
 WRK_SCRIPT = HERE / "wrk_post.lua"
 
 
+# Each runtime's model file; a benchmark model's copy in a runtime other than TFLite is
+# served as <model>_<runtime> (as make_bench_models.py builds them).
+RUNTIMES = {"tflite": "model.tflite", "onnx": "model.onnx"}
+RUNTIME_LABELS = {"tflite": "TFLite", "onnx": "ONNX Runtime"}
+RAW_LABELS = {"tflite": "raw interpreter", "onnx": "raw ONNX Runtime session"}
+
+
 @dataclass(frozen=True)
 class Case:
-    """One benchmark model and how it is served."""
+    """One benchmark model in one runtime, and how it is served."""
 
-    model: str
+    zoo: str  # the benchmark model (make_bench_models.py)
     input_name: str
     row_shape: tuple[int, ...]
     protocol: Protocol
     max_batch_size: int  # with batching on
     instances: int
     threads_per_instance: int = 1
+    runtime: str = "tflite"
+
+    @property
+    def model(self) -> str:
+        """The name it is served as: ``tiny``, ``tiny_onnx``."""
+        return self.zoo if self.runtime == "tflite" else f"{self.zoo}_{self.runtime}"
+
+    @property
+    def path(self) -> Path:
+        return MODELS / self.model / "1" / RUNTIMES[self.runtime]
 
     def buckets(self) -> list[int]:
         return [b for b in (1, 2, 4, 8, 16, 32, 64) if b < self.max_batch_size] + [
             self.max_batch_size
         ]
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, **asdict(self), "protocol": self.protocol.value}
+
 
 # How each model is served on a 2-core machine. The dense models get one interpreter
 # thread (the event loop needs the other core). MobileNetV2 gets two instances of one
 # thread: measured here against one instance of two threads (--instances
 # mobilenet_v2=1:2), ~10% more raw and server samples/s, for twice the batch-1 latency.
+# Each runtime serves a model the same way.
 CASES = {
     "tiny": Case("tiny", "x", (64,), Protocol.v1, 32, instances=1),
     "wide": Case("wide", "x", (512,), Protocol.v2, 64, instances=1),
@@ -170,37 +199,83 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-# -- (a) the raw interpreter ---------------------------------------------------------
+# -- (a) the raw runtime --------------------------------------------------------------
+
+
+class RawTflite:
+    """One TFLite interpreter, driven as servekit's instances drive theirs."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        self.it = Interpreter(model_path=str(path), num_threads=threads)
+        self.index = self.it.get_input_details()[0]["index"]
+        self.out_index = self.it.get_output_details()[0]["index"]
+        self.x = np.zeros(1, np.float32)
+
+    def set_batch(self, x: np.ndarray) -> None:
+        """Allocate for ``x``'s shape and run it once."""
+        self.x = x
+        self.it.resize_tensor_input(self.index, list(x.shape))
+        self.it.allocate_tensors()
+        self.invoke()
+
+    def invoke(self) -> None:
+        self.it.set_tensor(self.index, self.x)
+        self.it.invoke()
+        self.it.get_tensor(self.out_index)
+
+
+class RawOnnx:
+    """One ONNX Runtime session, with the options servekit gives its instances."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        import onnxruntime
+
+        self.session = onnxruntime.InferenceSession(
+            str(path),
+            sess_options=session_options(threads, "all"),
+            providers=["CPUExecutionProvider"],
+        )
+        self.input_name = self.session.get_inputs()[0].name
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.feed = {self.input_name: np.zeros(1, np.float32)}
+
+    def set_batch(self, x: np.ndarray) -> None:
+        self.feed = {self.input_name: x}
+        self.invoke()
+
+    def invoke(self) -> None:
+        self.session.run(self.outputs, self.feed)
+
+
+RawModel = RawTflite | RawOnnx
+
+
+def raw_model(case: Case) -> RawModel:
+    cls = RawOnnx if case.runtime == "onnx" else RawTflite
+    return cls(case.path, case.threads_per_instance)
 
 
 def _invoke_loop(
-    it: Any, x: np.ndarray, seconds: float, start: threading.Barrier, counts: list[int], i: int
+    model: RawModel, seconds: float, start: threading.Barrier, counts: list[int], i: int
 ) -> None:
     """Invoke back to back for ``seconds`` (at least twice, so slow batches count too)."""
-    index = it.get_input_details()[0]["index"]
-    out_index = it.get_output_details()[0]["index"]
+    invoke = model.invoke
     start.wait()
     stop = time.perf_counter() + seconds
     while time.perf_counter() < stop or counts[i] < 2:
-        it.set_tensor(index, x)
-        it.invoke()
-        it.get_tensor(out_index)
+        invoke()
         counts[i] += 1
 
 
-def _run_batch(interps: list[Any], x: np.ndarray, seconds: float) -> float:
-    """Samples/s of every interpreter invoking ``x`` back to back in its own thread."""
-    index = interps[0].get_input_details()[0]["index"]
-    for it in interps:
-        it.resize_tensor_input(index, list(x.shape))
-        it.allocate_tensors()
-        it.set_tensor(index, x)
-        it.invoke()
-    counts = [0] * len(interps)
-    start = threading.Barrier(len(interps) + 1)
+def _run_batch(models: list[RawModel], x: np.ndarray, seconds: float) -> float:
+    """Samples/s of every instance invoking ``x`` back to back in its own thread."""
+    for m in models:
+        m.set_batch(x)
+    counts = [0] * len(models)
+    start = threading.Barrier(len(models) + 1)
     threads = [
-        threading.Thread(target=_invoke_loop, args=(it, x, seconds, start, counts, i))
-        for i, it in enumerate(interps)
+        threading.Thread(target=_invoke_loop, args=(m, seconds, start, counts, i))
+        for i, m in enumerate(models)
     ]
     for t in threads:
         t.start()
@@ -211,26 +286,24 @@ def _run_batch(interps: list[Any], x: np.ndarray, seconds: float) -> float:
     return sum(counts) * len(x) / (time.perf_counter() - t0)
 
 
-def raw_limit(case: Case, path: Path, seconds: float, rounds: int = 3) -> dict[str, Any]:
+def raw_limit(case: Case, seconds: float, rounds: int = 3) -> dict[str, Any]:
     """Best samples/s over the server's batch sizes, and the batch-1 invoke time.
 
     Each batch size is measured ``rounds`` times, the rounds interleaved across batch
     sizes, and its median kept: the best of single noisy samples would overstate the
     limit on a shared machine.
     """
-    interps = [
-        Interpreter(model_path=str(path), num_threads=case.threads_per_instance)
-        for _ in range(case.instances)
-    ]
+    models = [raw_model(case) for _ in range(case.instances)]
     rng = np.random.default_rng(0)
     inputs = {b: rng.random((b, *case.row_shape), dtype=np.float32) for b in case.buckets()}
     samples: dict[int, list[float]] = {b: [] for b in inputs}
     for _ in range(rounds):
         for batch, x in inputs.items():
-            samples[batch].append(_run_batch(interps, x, seconds / rounds))
+            samples[batch].append(_run_batch(models, x, seconds / rounds))
     by_batch = {b: statistics.median(v) for b, v in samples.items()}
     best = max(by_batch, key=lambda b: by_batch[b])
     return {
+        "runtime": case.runtime,
         "threads": case.instances * case.threads_per_instance,
         "samples_per_s_by_batch": {str(b): round(v, 1) for b, v in by_batch.items()},
         "rounds_per_batch": rounds,
@@ -240,34 +313,34 @@ def raw_limit(case: Case, path: Path, seconds: float, rounds: int = 3) -> dict[s
 
 
 class Batch1Invoke:
-    """The latency floor: one interpreter, batch 1, the median of back-to-back invokes
-    over ``seconds``, measured each time it is called."""
+    """The latency floor: one interpreter (session), batch 1, the median of
+    back-to-back invokes over ``seconds``, measured each time it is called."""
 
-    def __init__(self, case: Case, path: Path, seconds: float = 1.0) -> None:
-        self.interp = Interpreter(model_path=str(path), num_threads=case.threads_per_instance)
-        self.index = self.interp.get_input_details()[0]["index"]
-        self.out_index = self.interp.get_output_details()[0]["index"]
-        self.interp.resize_tensor_input(self.index, [1, *case.row_shape])
-        self.interp.allocate_tensors()
-        self.x = np.random.default_rng(0).random((1, *case.row_shape), dtype=np.float32)
+    def __init__(self, case: Case, seconds: float = 1.0) -> None:
+        self.model = raw_model(case)
+        self.model.set_batch(np.random.default_rng(0).random((1, *case.row_shape), np.float32))
         self.seconds = seconds
         self.medians_ms: list[float] = []
 
     def measure(self) -> float:
-        it, times = self.interp, list[float]()
+        invoke, times = self.model.invoke, list[float]()
         deadline = time.perf_counter() + self.seconds
         while time.perf_counter() < deadline or len(times) < 5:
             t = time.perf_counter()
-            it.set_tensor(self.index, self.x)
-            it.invoke()
-            it.get_tensor(self.out_index)
+            invoke()
             times.append(time.perf_counter() - t)
         self.medians_ms.append(round(statistics.median(times) * 1000, 4))
         return self.medians_ms[-1]
 
 
-def reference_output(case: Case, path: Path, x: np.ndarray) -> np.ndarray:
-    runner = Interpreter(model_path=str(path)).get_signature_runner("serving_default")
+def reference_output(case: Case, x: np.ndarray) -> np.ndarray:
+    if case.runtime == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(case.path), providers=["CPUExecutionProvider"])
+        (out,) = session.run(None, {case.input_name: x})
+        return np.asarray(out)
+    runner = Interpreter(model_path=str(case.path)).get_signature_runner("serving_default")
     (out,) = runner(**{case.input_name: x}).values()
     return np.asarray(out)
 
@@ -275,22 +348,28 @@ def reference_output(case: Case, path: Path, x: np.ndarray) -> np.ndarray:
 # -- (b), (c) HTTP servers -----------------------------------------------------------
 
 
-def variant_repo(case: Case, variant: str, max_batch_size: int) -> Path:
-    """A one-model repository with the variant's config.yaml (model file hard-linked)."""
-    folder = BUILD / "repos" / f"{case.model}-{variant}"
+def add_model(folder: Path, case: Case, max_batch_size: int, extra: str = "") -> None:
+    """``case``'s model in the repository ``folder`` (file hard-linked), with a
+    config.yaml of ``max_batch_size``, the case's instances and ``extra`` lines."""
     version = folder / case.model / "1"
     version.mkdir(parents=True, exist_ok=True)
-    target, source = version / "model.tflite", MODELS / case.model / "1" / "model.tflite"
+    target = version / case.path.name
     if target.exists():
         target.unlink()
     try:
-        os.link(source, target)
+        os.link(case.path, target)
     except OSError:
-        shutil.copyfile(source, target)
+        shutil.copyfile(case.path, target)
     (folder / case.model / "config.yaml").write_text(
         f"max_batch_size: {max_batch_size}\nmax_queue_delay_ms: 0\n"
-        f"instances: {case.instances}\nthreads_per_instance: {case.threads_per_instance}\n"
+        f"instances: {case.instances}\nthreads_per_instance: {case.threads_per_instance}\n" + extra
     )
+
+
+def variant_repo(case: Case, variant: str, max_batch_size: int) -> Path:
+    """A one-model repository with the variant's config.yaml."""
+    folder = BUILD / "repos" / f"{case.model}-{variant}"
+    add_model(folder, case, max_batch_size)
     return folder
 
 
@@ -324,6 +403,7 @@ def bare_server(
 def lean_server(name: str, repo: Path, workers: int) -> ChildServer:
     """``lean_asgi:app`` on ``repo`` (servekit's core behind the least HTTP code)."""
     env = {"SERVEKIT_MODEL_PATH": str(repo), "SERVEKIT_LOG_LEVEL": "warning"}
+    env |= {"SERVEKIT_GRPC_PORT": "0", "SERVEKIT_TFS_GRPC_PORT": "0"}  # HTTP only
     return uvicorn_app("lean_asgi:app", env, f"lean-{name}", workers, "/v2/health/ready")
 
 
@@ -421,18 +501,26 @@ def measure_points(
 
 
 def bench_model(
-    case: Case, wrk: str, concurrencies: list[int], seconds: float, warmup: float, workers: int
+    case: Case,
+    wrk: str,
+    concurrencies: list[int],
+    seconds: float,
+    warmup: float,
+    workers: int,
+    bare: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    path = MODELS / case.model / "1" / "model.tflite"
+    """Every row of one case; ``bare``: the bare floor measured for the same request in
+    another runtime (else measured here)."""
     print(
-        f"== {case.model} ({case.protocol.value}, {case.instances} instance(s) x "
-        f"{case.threads_per_instance} thread(s), {workers} worker(s))",
+        f"== {case.model} ({RUNTIME_LABELS[case.runtime]}, {case.protocol.value}, "
+        f"{case.instances} instance(s) x {case.threads_per_instance} thread(s), "
+        f"{workers} worker(s))",
         flush=True,
     )
-    raw = raw_limit(case, path, max(1.5, seconds / 2))
-    batch1 = Batch1Invoke(case, path, min(1.0, seconds / 2))
+    raw = raw_limit(case, max(1.5, seconds / 2))
+    batch1 = Batch1Invoke(case, min(1.0, seconds / 2))
     print(
-        f"  raw interpreter: {raw['samples_per_s']:.1f} samples/s at batch "
+        f"  raw {RUNTIME_LABELS[case.runtime]}: {raw['samples_per_s']:.1f} samples/s at batch "
         f"{raw['best_batch']}; batch-1 invoke {batch1.measure():.3f} ms",
         flush=True,
     )
@@ -445,7 +533,7 @@ def bench_model(
     header_length = request.headers.get("Inference-Header-Content-Length")
     body_file = BUILD / f"request-{case.model}.bin"
     body_file.write_bytes(request.body)
-    want = reference_output(case, path, x)
+    want = reference_output(case, x)
     serve_args = ["--log-level", "warning"] + (["--workers", str(workers)] if workers > 1 else [])
 
     def measure(server_url: str, pid: int) -> list[dict[str, Any]]:
@@ -490,13 +578,18 @@ def bench_model(
             }
         print(f"  raw batch-1 invoke again: {batch1.measure():.3f} ms", flush=True)
     assert response is not None
-    print("  bare ASGI floor:", flush=True)
-    with bare_server(case.model, *response, workers=workers) as bare:
-        result["bare_asgi"] = {
-            "response_bytes": len(response[0]),
-            "points": measure(bare.url, bare.proc.pid),
-        }
-    print(f"  raw batch-1 invoke again: {batch1.measure():.3f} ms", flush=True)
+    if bare is not None:
+        result["bare_asgi"] = bare
+        print(f"  bare ASGI floor: {bare['measured_for']}'s", flush=True)
+    else:
+        print("  bare ASGI floor:", flush=True)
+        with bare_server(case.model, *response, workers=workers) as floor:
+            result["bare_asgi"] = {
+                "measured_for": case.model,
+                "response_bytes": len(response[0]),
+                "points": measure(floor.url, floor.proc.pid),
+            }
+        print(f"  raw batch-1 invoke again: {batch1.measure():.3f} ms", flush=True)
     print("  lean bound (servekit's core, least HTTP code; batching on):", flush=True)
     repo = variant_repo(case, "batching_on", case.max_batch_size)
     with lean_server(case.model, repo, workers) as lean:
@@ -512,7 +605,7 @@ def bench_model(
     raw["invoke_batch1_ms"] = min(batch1.medians_ms)
     return {
         "model": case.model,
-        "case": {**asdict(case), "protocol": case.protocol.value},
+        "case": case.to_dict(),
         "request_bytes": len(request.body),
         "response_bytes": len(response[0]),
         **result,
@@ -565,7 +658,8 @@ def cpu_bound(result: dict[str, Any], concurrency: int, cpus: int) -> float | No
 
 def targets(results: dict[str, dict[str, Any]], cpus: int) -> list[dict[str, Any]]:
     """The issue's four targets, as ratios from this run, each followed by the same ratio
-    for the lean bound (``lean_asgi.py``): what no Python request path could beat."""
+    for the lean bound (``lean_asgi.py``): what no Python request path could beat. Each
+    runtime's copy of a benchmark model gets its model's rows."""
     rows: list[dict[str, Any]] = []
 
     def add(name: str, value: float | None, goal: float, text: str, higher: bool = True) -> None:
@@ -575,53 +669,51 @@ def targets(results: dict[str, dict[str, Any]], cpus: int) -> list[dict[str, Any
     def info(name: str, value: float | None, goal: float | None = None) -> None:
         rows.append({"target": name, "value": value, "goal": goal, "met": None, "how": "(bound)"})
 
-    if "wide" in results:
-        on, off = (
-            point(results["wide"], "batching_on", 64),
-            point(results["wide"], "batching_off", 64),
-        )
+    def of(zoo: str) -> list[tuple[str, dict[str, Any]]]:
+        return [(name, r) for name, r in results.items() if r["case"]["zoo"] == zoo]
+
+    for name, r in of("wide"):
+        on, off = point(r, "batching_on", 64), point(r, "batching_off", 64)
         add(
-            "wide, c=64: batching on / off throughput",
+            f"{name}, c=64: batching on / off throughput",
             round(on["throughput_rps"] / off["throughput_rps"], 2) if on and off else None,
             4.0,
             "≥ 4x",
         )
-    if "mobilenet_v2" in results:
-        r = results["mobilenet_v2"]
+    for name, r in of("mobilenet_v2"):
         # Both: batching does not pay for conv nets (padding to a bucket costs compute).
         for variant in ("batching_on", "batching_off"):
             p = point(r, variant, 8)
             add(
-                f"mobilenet_v2 (binary V2), c=8, {variant.replace('_', ' ')}: "
-                "servekit / raw interpreter",
+                f"{name} (binary V2), c=8, {variant.replace('_', ' ')}: "
+                f"servekit / {RAW_LABELS[r['raw']['runtime']]}",
                 round(p["throughput_rps"] / r["raw"]["samples_per_s"], 3) if p else None,
                 0.9,
                 "≥ 90%",
             )
         lean = point(r, "lean", 8)
         info(
-            "mobilenet_v2, c=8: lean bound / raw interpreter",
+            f"{name}, c=8: lean bound / {RAW_LABELS[r['raw']['runtime']]}",
             round(lean["throughput_rps"] / r["raw"]["samples_per_s"], 3) if lean else None,
             0.9,
         )
         info(
-            "mobilenet_v2, c=8: the most the CPUs allow (raw compute + the floor's server "
-            "and wrk CPU per request) / raw interpreter",
+            f"{name}, c=8: the most the CPUs allow (raw compute + the floor's server "
+            f"and wrk CPU per request) / {RAW_LABELS[r['raw']['runtime']]}",
             cpu_bound(r, 8, cpus),
             0.9,
         )
-    if "tiny" in results:
-        r = results["tiny"]
+    for name, r in of("tiny"):
         on, bare = point(r, "batching_on", 64), point(r, "bare_asgi", 64)
         add(
-            "tiny (JSON), c=64: servekit / bare ASGI floor requests/s",
+            f"{name} (JSON), c=64: servekit / bare ASGI floor requests/s",
             round(on["throughput_rps"] / bare["throughput_rps"], 3) if on and bare else None,
             0.5,
             "≥ 50%",
         )
         lean = point(r, "lean", 64)
         info(
-            "tiny (JSON), c=64: lean bound / bare ASGI floor requests/s",
+            f"{name} (JSON), c=64: lean bound / bare ASGI floor requests/s",
             round(lean["throughput_rps"] / bare["throughput_rps"], 3) if lean and bare else None,
             0.5,
         )
@@ -637,6 +729,63 @@ def targets(results: dict[str, dict[str, Any]], cpus: int) -> list[dict[str, Any
             info(f"{name}, c=1: lean bound p50 - raw batch-1 invoke (ms)", value)
         if bare is not None:  # what moving the bytes alone takes at one connection
             info(f"{name}, c=1: bare ASGI floor p50 (ms)", bare["p50_ms"])
+    return rows
+
+
+def runtime_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each benchmark model served from both runtimes: the raw limits and servekit with
+    batching on, ONNX Runtime over TFLite."""
+    by_zoo: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in results.values():
+        by_zoo.setdefault(r["case"]["zoo"], {})[r["case"]["runtime"]] = r
+    rows: list[dict[str, Any]] = []
+    for zoo, pair in by_zoo.items():
+        if set(pair) != {"tflite", "onnx"}:
+            continue
+        lite, onnx = pair["tflite"], pair["onnx"]
+        # (what, TFLite's value, ONNX Runtime's, whether higher is better)
+        measures: list[tuple[str, float | None, float | None, bool]] = [
+            (
+                "raw samples/s (best batch)",
+                lite["raw"]["samples_per_s"],
+                onnx["raw"]["samples_per_s"],
+                True,
+            ),
+            (
+                "raw batch-1 invoke (ms)",
+                lite["raw"]["invoke_batch1_ms"],
+                onnx["raw"]["invoke_batch1_ms"],
+                False,
+            ),
+        ]
+        for p in lite.get("batching_on", {}).get("points", []):
+            c = p["concurrency"]
+            q = point(onnx, "batching_on", c) or {}
+            measures.append(
+                (
+                    f"servekit, batching on, c={c}: req/s",
+                    p["throughput_rps"],
+                    q.get("throughput_rps"),
+                    True,
+                )
+            )
+            if c == 1:
+                measures.append(
+                    ("servekit, batching on, c=1: p50 (ms)", p["p50_ms"], q.get("p50_ms"), False)
+                )
+        for what, a, b, higher in measures:
+            ratio = round(b / a, 3) if a and b is not None else None
+            faster = None if ratio is None else ("onnx" if (ratio > 1) == higher else "tflite")
+            rows.append(
+                {
+                    "model": zoo,
+                    "measure": what,
+                    "tflite": a,
+                    "onnx": b,
+                    "onnx_over_tflite": ratio,
+                    "faster": faster,
+                }
+            )
     return rows
 
 
@@ -659,8 +808,13 @@ def summary_markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -
         f"warm-up, load generator wrk (1 thread). 1-minute load average "
         f"{meta['load_avg_start']:.2f} at the start, {meta['load_avg_end']:.2f} at the end.",
         "",
-        "Throughput is requests/s (one row each) answered 200; the raw interpreter's is "
+        f"Took {meta['elapsed_s'] / 60:.1f} minutes.",
+        "",
+        "Throughput is requests/s (one row each) answered 200; the raw runtime's is "
         "samples/s at its best batch size with the server's threads. Latencies are wrk's. "
+        "Models named `*_onnx` are the same models exported by tf2onnx, served and run raw "
+        "with ONNX Runtime; they share the bare ASGI floor measured for the TFLite copy "
+        "(same request, a response of the same size). "
         "The raw batch-1 invoke is the fastest of the measurements spread over each "
         "model's run (before the servers and after each): "
         + "; ".join(
@@ -673,8 +827,8 @@ def summary_markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -
         "",
         "Served as: "
         + "; ".join(
-            f"{name} {r['case']['instances']} instance(s) x {r['case']['threads_per_instance']} "
-            f"thread(s), {r['case']['protocol']}"
+            f"{name} {RUNTIME_LABELS[r['case']['runtime']]}, {r['case']['instances']} "
+            f"instance(s) x {r['case']['threads_per_instance']} thread(s), {r['case']['protocol']}"
             for name, r in results.items()
         )
         + ".",
@@ -685,13 +839,17 @@ def summary_markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -
     for name, r in results.items():
         proto = r["case"]["protocol"]
         raw = r["raw"]
+        shared = r["bare_asgi"].get("measured_for", name)
         lines.append(
-            f"| {name} | - | raw interpreter ({raw['threads']} thread(s), batch "
+            f"| {name} | - | {RAW_LABELS[raw['runtime']]} ({raw['threads']} thread(s), batch "
             f"{raw['best_batch']}) | - | {raw['samples_per_s']:.0f} | "
             f"{raw['invoke_batch1_ms']:.3f} (batch-1 invoke) | - | - | - |"
         )
         for variant, label in (
-            ("bare_asgi", "bare ASGI floor"),
+            (
+                "bare_asgi",
+                "bare ASGI floor" + (f" (measured for {shared})" if shared != name else ""),
+            ),
             ("batching_on", f"servekit, batching on ({r['case']['max_batch_size']})"),
             ("batching_off", "servekit, batching off (1)"),
             ("lean", "lean bound (servekit's core, least HTTP code)"),
@@ -706,8 +864,31 @@ def summary_markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -
     for t in meta["targets"]:
         met = {True: "yes", False: "**no**", None: "-"}[t["met"]]
         lines.append(f"| {t['target']} | {t['how']} | {fmt_ratio(t)} | {met} |")
+    if meta.get("runtimes"):
+        lines += [
+            "",
+            "## TFLite and ONNX Runtime",
+            "",
+            "The same model and weights in each runtime, same instances and threads.",
+            "",
+            "| model | measure | TFLite | ONNX Runtime | ONNX / TFLite | faster |",
+            "|---|---|---:|---:|---:|---|",
+        ]
+        for row in meta["runtimes"]:
+            ratio = row["onnx_over_tflite"]
+            lines.append(
+                f"| {row['model']} | {row['measure']} | {fmt_number(row['tflite'])} | "
+                f"{fmt_number(row['onnx'])} | {'n/a' if ratio is None else f'{ratio:.2f}'} | "
+                f"{RUNTIME_LABELS.get(row['faster'] or '', '-')} |"
+            )
     lines.append("")
     return "\n".join(lines)
+
+
+def fmt_number(v: float | None) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v:.3f}" if v < 10 else f"{v:,.0f}"
 
 
 def plot(result: dict[str, Any], out: Path) -> None:
@@ -734,7 +915,8 @@ def plot(result: dict[str, Any], out: Path) -> None:
         raw["samples_per_s"],
         color="tab:green",
         ls="--",
-        label=f"raw interpreter (batch {raw['best_batch']}): {raw['samples_per_s']:.0f}/s",
+        label=f"{RAW_LABELS[raw['runtime']]} (batch {raw['best_batch']}): "
+        f"{raw['samples_per_s']:.0f}/s",
     )
     ax_t.axhline(best_bare, color="tab:gray", ls=":", label=f"bare ASGI floor: {best_bare:.0f}/s")
     ax_l.axhline(
@@ -760,7 +942,8 @@ def plot(result: dict[str, Any], out: Path) -> None:
         ax.legend(fontsize=8)
     case = result["case"]
     fig.suptitle(
-        f"{result['model']}: {case['protocol']}, {case['instances']} instance(s) x "
+        f"{result['model']} ({RUNTIME_LABELS[case['runtime']]}): {case['protocol']}, "
+        f"{case['instances']} instance(s) x "
         f"{case['threads_per_instance']} thread(s)"
     )
     fig.tight_layout()
@@ -784,6 +967,13 @@ def cpu_model() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="*", choices=list(CASES), default=list(CASES))
+    parser.add_argument(
+        "--runtimes",
+        nargs="*",
+        choices=list(RUNTIMES),
+        default=list(RUNTIMES),
+        help="serve and run each model's file in these runtimes (its ONNX copy: <model>_onnx)",
+    )
     parser.add_argument("--concurrency", nargs="*", type=int, default=[1, 8, 64])
     parser.add_argument("--duration", type=float, default=6.0, help="seconds per point")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first")
@@ -808,10 +998,10 @@ def main() -> None:
             cases[name], instances=int(instances), threads_per_instance=int(threads or 1)
         )
 
+    t0 = time.monotonic()
     wrk = ensure_wrk()
-    subprocess.run(
-        [args.tf_python, str(HERE / "make_bench_models.py"), "--only", *args.models], check=True
-    )
+    build = [args.tf_python, str(HERE / "make_bench_models.py"), "--only", *args.models]
+    subprocess.run([*build, "--runtimes", *args.runtimes], check=True)
     sys.setswitchinterval(0.001)  # as servekit's server does (its threads get the GIL back)
     meta: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -828,11 +1018,19 @@ def main() -> None:
     print(f"load average {meta['load_avg_start']:.2f}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, Any]] = {}
-    t0 = time.monotonic()
-    for name in args.models:
+    bare_floors: dict[str, dict[str, Any]] = {}  # by benchmark model: shared by its runtimes
+    for case in (replace(cases[m], runtime=r) for m in args.models for r in args.runtimes):
+        name = case.model
         result = bench_model(
-            cases[name], wrk, args.concurrency, args.duration, args.warmup, args.workers
+            case,
+            wrk,
+            args.concurrency,
+            args.duration,
+            args.warmup,
+            args.workers,
+            bare_floors.get(case.zoo),
         )
+        bare_floors.setdefault(case.zoo, result["bare_asgi"])
         results[name] = result
         (args.out / f"{name}.json").write_text(
             json.dumps({"meta": meta, **result}, indent=2) + "\n"
@@ -841,6 +1039,7 @@ def main() -> None:
     meta["load_avg_end"] = round(load_average(), 2)
     meta["elapsed_s"] = round(time.monotonic() - t0, 1)
     meta["targets"] = targets(results, meta["cpus"])
+    meta["runtimes"] = runtime_rows(results)
     for name, result in results.items():  # the final meta (targets, load at the end) in each
         (args.out / f"{name}.json").write_text(
             json.dumps({"meta": meta, **result}, indent=2) + "\n"
