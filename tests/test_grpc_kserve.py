@@ -379,25 +379,33 @@ def test_the_port_taken_is_a_one_line_failure(server: GrpcServer) -> None:
     clash.stop()
 
 
-def test_perf_analyzer_over_grpc(server: GrpcServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_perf_analyzer(server: GrpcServer, tmp_path: Path, protocol: str) -> None:
+    """Triton's load tool, unmodified, for a few seconds at two concurrencies: it reads
+    the model's configuration first, then reports the server's own statistics."""
     csv = tmp_path / "perf.csv"
+    url = server.grpc_url if protocol == "grpc" else server.url
     done = run_perf_analyzer(
         perf_analyzer_args(
-            server.grpc_url,
+            url,
             "digits",
-            protocol="grpc",
+            protocol=protocol,
             concurrency=(1, 2),
             measurement_ms=800,
             csv_path=csv,
+            # A shared 2-core machine's throughput varies more than perf_analyzer's 10%
+            # stability rule allows; this test is about the protocol, not the numbers.
+            extra=["--stability-percentage", "1000", "--max-trials", "4"],
         ),
         timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     rows = parse_perf_csv(csv)
-    assert [row["Concurrency"] for row in rows] == [1.0, 2.0]
+    assert [row["Concurrency"] for row in rows] == [1.0, 2.0], done.stdout
     for row in rows:
         assert float(row["Inferences/Second"]) > 0
-        assert float(row["Server Compute Infer"]) > 0
+        assert float(row["Server Compute Infer"]) > 0  # from servekit's statistics
+    assert "Successful request count" in done.stdout
 
 
 async def test_a_cancelled_call_is_not_computed(server: GrpcServer) -> None:

@@ -1,10 +1,9 @@
-"""Triton's own clients against servekit: tritonclient's model configuration and
-statistics calls, and perf_analyzer (Triton's load tool, unmodified) over HTTP."""
+"""Triton's own HTTP client against servekit: model configuration and statistics
+(perf_analyzer, over HTTP and gRPC, is in test_grpc_kserve.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +11,6 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from conftest import ServerProcess, digits_rows, direct_predict
-from perf_analyzer_support import parse_perf_csv, perf_analyzer_args, run_perf_analyzer
 
 
 @pytest.fixture()
@@ -67,21 +65,3 @@ def test_get_inference_statistics_follow_traffic(tc: triton.InferenceServerClien
 def test_server_metadata_lists_the_extensions(tc: triton.InferenceServerClient) -> None:
     extensions = tc.get_server_metadata()["extensions"]
     assert {"model_configuration", "statistics", "binary_tensor_data"} <= set(extensions)
-
-
-def test_perf_analyzer_over_http(demo_server: ServerProcess, tmp_path: Path) -> None:
-    csv = tmp_path / "perf.csv"
-    done = run_perf_analyzer(
-        perf_analyzer_args(
-            demo_server.url, "digits", concurrency=(1, 2), measurement_ms=800, csv_path=csv
-        ),
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    rows = parse_perf_csv(csv)
-    assert [row["Concurrency"] for row in rows] == [1.0, 2.0]
-    for row in rows:
-        assert float(row["Inferences/Second"]) > 0
-        # Server-side times, from servekit's statistics.
-        assert float(row["Server Compute Infer"]) > 0
-    assert "Server:" in done.stdout and "Successful request count" in done.stdout
