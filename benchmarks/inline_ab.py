@@ -76,8 +76,9 @@ def repo(variant: str, cases: list[Case]) -> Path:
 def mode(url: str, model: str) -> dict[str, Any]:
     r = httpx.get(f"{url}/v1/models/{model}/metadata", timeout=10, trust_env=False)
     r.raise_for_status()
-    batching = r.json()["servekit"]["batching"]
-    return {k: batching[k] for k in ("execution", "inline_when_alone_rows")}
+    meta = r.json()
+    batching = (meta.get("servekit") or meta["metadata"])["batching"]
+    return {"execution": batching["execution"]}
 
 
 def measure(

@@ -7,7 +7,6 @@ only control (a clock, in effect), the inference itself is real.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 from collections.abc import AsyncIterator, Mapping
 
@@ -16,7 +15,7 @@ import pytest
 
 import servekit.pool as pool_module
 from conftest import MODELS, digits_rows, direct_predict, model_path
-from servekit.batching import Activity, Batcher
+from servekit.batching import Batcher
 from servekit.config import ModelConfig
 from servekit.errors import DeadlineExceeded, Overloaded, ShuttingDown
 from servekit.metrics import Metrics
@@ -241,106 +240,7 @@ def test_inline_execution_takes_one_instance() -> None:
         ModelConfig(execution="inline", instances=2)
 
 
-def slow_rows(n: int) -> dict[str, Array]:
-    return {"x": np.linspace(-1, 1, 64 * n, dtype=np.float32).reshape(n, 64)}
-
-
-async def test_a_lone_request_on_an_idle_server_runs_inline_and_company_runs_in_threads(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # The slow model (~17 ms an invoke) is far too slow for inline execution (0.2 ms), so
-    # auto gives it a thread; with the lone-batch bound raised well clear of 17 ms, its
-    # lone batches run on the loop. ``thread`` opts out; two instances never qualify.
-    monkeypatch.setattr(pool_module, "INLINE_WHEN_ALONE_MAX_S", 1.0)
-    metrics = Metrics()
-    activity = Activity()  # one server: its models share it
-
-    def served(name: str, config: ModelConfig) -> ServedModel:
-        return ServedModel(ModelSource(name, 1, SLOW, None), config, metrics, activity)
-
-    auto = served("auto", ModelConfig(max_batch_size=2))
-    forced = served("forced", ModelConfig(max_batch_size=2, execution="thread"))
-    pair = served("pair", ModelConfig(max_batch_size=2, instances=2))
-    for m in (auto, forced, pair):
-        await m.load()
-    loop_thread = threading.get_ident()
-    try:
-        assert auto.execution == "thread"
-        assert auto.metadata()["batching"]["inline_when_alone_rows"] == 2
-        assert forced.inline_when_alone_rows == 0 and pair.inline_when_alone_rows == 0
-        ran_in = spy_threads(monkeypatch)
-
-        # Alone, one request at a time: on the loop, with the thread's results.
-        lone = [await auto.infer(slow_rows(1)) for _ in range(3)]
-        assert ran_in == [loop_thread] * 3
-        assert activity.requests == 0
-        ran_in.clear()
-
-        # Three at once: a batch of 2 and one that arrived while the server was busy.
-        together = await asyncio.gather(*(auto.infer(slow_rows(1)) for _ in range(3)))
-        assert len(ran_in) == 2 and loop_thread not in ran_in
-        for out in (*lone, *together):
-            np.testing.assert_array_equal(out["y"], lone[0]["y"])
-        ran_in.clear()
-
-        # Company on another model of the same server counts too.
-        await asyncio.gather(forced.infer(slow_rows(1)), auto.infer(slow_rows(1)))
-        assert len(ran_in) == 2 and loop_thread not in ran_in
-        ran_in.clear()
-
-        # Opted out, or two instances: a thread even when alone.
-        await forced.infer(slow_rows(1))
-        await pair.infer(slow_rows(1))
-        assert len(ran_in) == 2 and loop_thread not in ran_in
-        ran_in.clear()
-
-        # Alone but more rows than computed within the bound: the thread.
-        assert auto._pool is not None
-        auto._pool.inline_when_alone_rows = 1
-        await auto.infer(slow_rows(2))
-        await auto.infer(slow_rows(1))
-        assert len(ran_in) == 2 and ran_in[0] != loop_thread and ran_in[1] == loop_thread
-        ran_in.clear()
-
-        # A request dropped before compute leaves the count too: the next one is alone.
-        with pytest.raises(DeadlineExceeded):
-            await auto.infer(slow_rows(1), timeout_s=1e-6)
-        assert activity.requests == 0 and ran_in == []
-        await auto.infer(slow_rows(1))
-        assert ran_in == [loop_thread]
-        assert activity.requests == 0
-    finally:
-        for m in (auto, forced, pair):
-            await m.unload(5)
-
-
-def test_lone_batches_inline_only_rows_that_computed_within_the_bound() -> None:
-    model = TFLiteModel(CONTENT)
-    model.prepare([1, 2, 4, 8])
-    bound = pool_module.INLINE_WHEN_ALONE_MAX_S
-    # Warm-up timings are the clock here: set them to known values around the bound.
-    model.invoke_costs = {1: bound / 4, 2: bound / 2, 4: bound, 8: bound * 2}
-    assert pool_module.rows_inline_when_alone(model, max_rows=8) == 4
-    assert pool_module.rows_inline_when_alone(model, max_rows=3) == 3
-    model.invoke_costs = {1: bound * 1.5, 2: bound * 2, 4: bound * 3, 8: bound * 4}
-    assert pool_module.rows_inline_when_alone(model, max_rows=8) == 0
-    # Noise can time a larger bucket below a smaller one; 3 rows pad to bucket 4, so
-    # bucket 8's time says nothing about them.
-    model.invoke_costs = {1: bound / 4, 2: bound * 1.1, 4: bound * 1.2, 8: bound * 0.9}
-    assert pool_module.rows_inline_when_alone(model, max_rows=8) == 1
-
-
-def test_lone_batches_of_a_fixed_batch_model_count_its_invokes() -> None:
-    model = TFLiteModel(read_model_bytes(model_path("fixed")))
-    assert not model.prepare([1, 2, 4, 8])  # one chunk per invoke
-    bound = pool_module.INLINE_WHEN_ALONE_MAX_S
-    model.invoke_costs = {model.chunk: bound / 3.5}  # three invokes fit, four do not
-    assert pool_module.rows_inline_when_alone(model, max_rows=64) == 3 * model.chunk
-    model.invoke_costs = {model.chunk: bound * 2}
-    assert pool_module.rows_inline_when_alone(model, max_rows=64) == 0
-
-
-async def test_requests_failed_at_close_leave_the_activity_count(
+async def test_requests_still_queued_at_close_are_failed(
     gated: tuple[Batcher, GatedModel, Metrics],
 ) -> None:
     batcher, model, _ = gated
@@ -348,7 +248,6 @@ async def test_requests_failed_at_close_leave_the_activity_count(
     await started(model)
     queued = [asyncio.create_task(batcher.infer(rows(1, i), 1)) for i in (1, 2)]
     await asyncio.sleep(0.05)
-    assert batcher._activity.requests == 3
     closing = asyncio.create_task(batcher.close())
     await asyncio.sleep(0.05)
     model.release.set()
@@ -357,35 +256,3 @@ async def test_requests_failed_at_close_leave_the_activity_count(
     for task in queued:
         with pytest.raises(ShuttingDown):
             await task
-    assert batcher._activity.requests == 0
-
-
-async def test_a_lone_batch_queues_behind_a_job_still_running_in_the_thread() -> None:
-    # An awaiter cancelled mid-batch leaves its job running in the thread; a lone batch
-    # run inline beside it would use the interpreter from two threads at once.
-    model = GatedModel(CONTENT)
-    model.entered, model.release, model.batches = threading.Event(), threading.Event(), []
-    model.prepare([1, 2, 4, 8])
-    pool = InstancePool(lambda: model, 1, Metrics().for_model("digits", "1"), "t")
-    await pool.start()
-    pool.inline_when_alone_rows = 8
-    worker = await pool.acquire()
-    try:
-        first = asyncio.create_task(pool.run(worker, rows(1), rows=1))
-        await started(model)
-        first.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await first
-        assert not worker.thread_idle
-        second = asyncio.create_task(pool.run(worker, rows(1, 1), rows=1, alone=True))
-        await asyncio.sleep(0.05)
-        assert model.batches == [1]  # waiting behind the first, not beside it
-        model.release.set()
-        out = await asyncio.wait_for(second, 10)
-        want = direct_predict("digits", rows(1, 1))["probabilities"]
-        np.testing.assert_allclose(out["probabilities"], want, rtol=1e-5, atol=1e-6)
-        assert model.batches == [1, 1] and worker.thread_idle
-    finally:
-        model.release.set()
-        pool.release(worker)
-        await pool.close()

@@ -51,16 +51,15 @@ class Breakable(ModelRunner):
         return super().run(inputs)
 
 
-# Every way a batch runs: in the instances' threads, on the event loop itself, and as a
-# lone batch on the loop of a model that otherwise runs in its thread (auto, with the
-# inline threshold at 0 so that digits is not inline outright).
+# Every way a batch runs: in the instances' threads, on the event loop itself, and in
+# the one thread auto gives a model too slow to run inline (the inline threshold at 0).
 @pytest.fixture(
     params=[
         ModelConfig(instances=2, max_batch_size=8, execution="thread"),
         ModelConfig(instances=1, max_batch_size=8, execution="inline"),
         ModelConfig(instances=1, max_batch_size=8),
     ],
-    ids=["threads", "inline", "lone"],
+    ids=["threads", "inline", "auto"],
 )
 def served(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
@@ -79,9 +78,7 @@ def served(
 
 async def test_broken_instance_is_replaced_and_serving_goes_on(served: ServedModel) -> None:
     await served.load()
-    lone = served.config.execution == "auto"
     assert served.execution == ("inline" if served.config.execution == "inline" else "thread")
-    assert served.inline_when_alone_rows == (8 if lone else 0)
     x = {"pixels": digits_rows(2)}
     assert (await served.infer(x))["probabilities"].shape == (2, 10)
     instances = served.config.instances
@@ -104,13 +101,11 @@ async def test_broken_instance_is_replaced_and_serving_goes_on(served: ServedMod
     finally:
         Breakable.__init__ = original_init  # type: ignore[method-assign]
     assert Breakable.builds == instances + 1  # one replacement
-    # The failed batch ran on the loop inline and as a lone batch; it is rebuilt on the
-    # loop only when batches run there by configuration: a lone batch's failure is
-    # recovered in a thread, since a rebuild takes far longer than a batch.
+    # The failed batch ran, and its instance was rebuilt, where batches run.
     loop_thread = threading.get_ident()
-    failed_run = Breakable.ran_in[runs_before]
-    assert (failed_run == loop_thread) == (served.config.execution != "thread")
-    assert (Breakable.built_in[-1] == loop_thread) == (served.config.execution == "inline")
+    inline = served.config.execution == "inline"
+    assert (Breakable.ran_in[runs_before] == loop_thread) == inline
+    assert (Breakable.built_in[-1] == loop_thread) == inline
     out = await served.infer(x)
     want = direct_predict("digits", x)["probabilities"]
     np.testing.assert_allclose(out["probabilities"], want, rtol=1e-5, atol=1e-6)

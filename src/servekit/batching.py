@@ -10,9 +10,6 @@ Policy (what Triton and TF Serving users expect):
 - A request's deadline counts its queue time; a request that is past its deadline
   or whose caller went away is dropped before compute.
 - Lower ``priority`` numbers are served first; equal priorities in arrival order.
-- A batch of one request that arrived at an idle server and is still all it has to do
-  (``Activity``, shared by every model's batcher) is marked alone: the pool may run it
-  without a thread hand-off.
 """
 
 from __future__ import annotations
@@ -50,18 +47,6 @@ class Pending:
     future: asyncio.Future[Outputs] = field(compare=False)
     enqueued: float = field(compare=False)  # time.monotonic()
     deadline: float = field(compare=False)  # time.monotonic()
-    # Nothing else was accepted and unanswered in the server when this one arrived.
-    arrived_idle: bool = field(compare=False, default=False)
-
-
-class Activity:
-    """Inference requests accepted and not yet answered, across every model of a server:
-    queued, or in a batch that formed. One per server, shared by its batchers."""
-
-    __slots__ = ("requests",)
-
-    def __init__(self) -> None:
-        self.requests = 0
 
 
 class Batcher:
@@ -76,12 +61,10 @@ class Batcher:
         max_queue_delay_s: float,
         max_queue_size: int,
         timeout_s: float,
-        activity: Activity | None = None,
         model_label: str = "",
     ) -> None:
         self._pool = pool
         self.model_label = model_label or f"'{metrics.model}'"
-        self._activity = activity if activity is not None else Activity()
         self._metrics = metrics
         self.max_batch_size = max_batch_size
         self._max_delay = max_queue_delay_s
@@ -127,7 +110,6 @@ class Batcher:
         while self._heap:
             p = heapq.heappop(self._heap)
             self._dequeued(p)
-            self._activity.requests -= 1
             if not p.future.done():
                 p.future.set_exception(ShuttingDown("model is unloading"))
         if self._inflight:
@@ -167,13 +149,10 @@ class Batcher:
         timeout = self._timeout if timeout_s is None else min(timeout_s, self._timeout)
         now = time.monotonic()
         fut: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
-        idle = self._activity.requests == 0
         heapq.heappush(
-            self._heap,
-            Pending(priority, next(self._seq), inputs, rows, fut, now, now + timeout, idle),
+            self._heap, Pending(priority, next(self._seq), inputs, rows, fut, now, now + timeout)
         )
         self._queued_rows += rows
-        self._activity.requests += 1
         self._metrics.queued(1)
         self._has_work.set()
         self._idle.clear()
@@ -247,7 +226,6 @@ class Batcher:
             p = heapq.heappop(self._heap)
             if not _still_wanted(p, now):
                 self._dequeued(p)
-                self._activity.requests -= 1
                 continue
             key = _row_shapes(p.inputs)
             if shape_key is None:
@@ -283,7 +261,7 @@ class Batcher:
             self._metrics.batch(p.rows, [])
             started = time.perf_counter()
             try:
-                out = await self._pool.run(worker, p.inputs, rows=p.rows)
+                out = await self._pool.run(worker, p.inputs)
             except InferenceFailed as e:
                 if not _kept(worker, replacements):
                     for rest in batch[i:]:
@@ -304,7 +282,6 @@ class Batcher:
         self._metrics.queued(-1)
 
     async def _execute(self, worker: Instance, batch: list[Pending]) -> None:
-        formed = len(batch)  # each leaves the activity count once this batch is done
         try:
             # This task starts a loop iteration or more after the batch formed: drop what
             # its caller or its deadline ended meanwhile, as the queue would have.
@@ -322,15 +299,10 @@ class Batcher:
                     name: np.concatenate([p.inputs[name] for p in batch])
                     for name in batch[0].inputs
                 }
-            # Alone: one request that arrived at an idle server and is still everything it
-            # has accepted and not answered, so a hand-off to a thread would only add the
-            # threads' wake-ups. (Not one that waited behind a batch: that is load, and
-            # more requests are on their way, to be read while a thread computes.)
-            alone = formed == 1 and batch[0].arrived_idle and self._activity.requests == 1
             replacements = worker.replacements
             stacked = time.perf_counter()
             try:
-                out = await self._pool.run(worker, inputs, rows=rows, alone=alone)
+                out = await self._pool.run(worker, inputs)
             except InferenceFailed as e:
                 if not _kept(worker, replacements):
                     raise  # the instance itself broke: the batch fails
@@ -353,7 +325,6 @@ class Batcher:
                 len(batch), stacked - started, computed - stacked, time.perf_counter() - computed
             )
         finally:
-            self._activity.requests -= formed
             self._pool.release(worker)
 
 

@@ -77,9 +77,7 @@ class ModelConfig(BaseModel):
             "than a hand-off costs; the loop does nothing else while a batch computes), "
             "or 'auto' (inline when there is one instance, no input has a variable inner "
             "dimension and the largest batch computed in under 0.2 ms at warm-up; else "
-            "thread, where with one instance and no variable inner dimension a lone request "
-            "on an idle server whose rows computed in 10 ms or less at warm-up still runs "
-            "inline)."
+            "thread)."
         ),
     )
     max_queue_size: int = Field(

@@ -14,15 +14,6 @@ Two ways to run a batch (``execution`` in the model's config):
   warm-up. A scrape never sees such an instance busy; the compute histogram still
   counts its batches.
 
-``auto`` also runs a *lone* batch inline on a one-instance model it otherwise gives a
-thread: one request, when nothing else is queued or computing anywhere in the server
-process (``Batcher`` decides), of few enough rows to have computed within
-``INLINE_WHEN_ALONE_MAX_S`` at warm-up, and while the thread has no job of its own. A
-hand-off to an idle thread wakes an idle core on the way there and back. Once requests
-overlap, batches have company and run in the thread while the loop reads on. What a
-lone batch costs everything else on the loop is a wait of at most its compute. If it
-fails, the probe or rebuild runs in a thread, not on the loop. One instance only: with
-two, a second request would wait for the first instead of taking the other core.
 ``docs/performance.md`` has the measurements behind these rules.
 """
 
@@ -73,10 +64,6 @@ class Instance(threading.Thread):
         self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self.dead_reason = ""  # set when the instance is beyond repair
         self.replacements = 0
-        # Jobs put in its queue (by the loop) and jobs it is done with (by this thread):
-        # one writer each, so their difference is safe to read from the loop.
-        self.jobs_put = 0
-        self.jobs_done = 0
 
     def run(self) -> None:
         try:
@@ -87,12 +74,8 @@ class Instance(threading.Thread):
         self._ready.set_result(self.model)
         while (job := self.jobs.get()) is not None:
             if not job.future.set_running_or_notify_cancel():
-                self.jobs_done += 1
                 continue
             result = self.execute(job.inputs)
-            # Done with the interpreter before the loop hears back, so that by then a
-            # lone batch may use it.
-            self.jobs_done += 1
             if isinstance(result, Exception):
                 job.future.set_exception(result)
                 if self.dead_reason:
@@ -100,17 +83,10 @@ class Instance(threading.Thread):
             else:
                 job.future.set_result(result)
 
-    @property
-    def thread_idle(self) -> bool:
-        """No job queued for this instance's thread or running in it (read on the loop,
-        the only place jobs are put, so it cannot become false behind the reader)."""
-        return self.jobs_put == self.jobs_done
-
-    def execute(self, inputs: Mapping[str, Array], *, recover: bool = True) -> Outputs | Exception:
+    def execute(self, inputs: Mapping[str, Array]) -> Outputs | Exception:
         """Run one batch in the calling thread (this instance's own, or the event loop's
-        for inline execution and lone batches; one at a time). A failure is returned, not
-        raised, once the instance has recovered from it (with ``recover=False`` the
-        caller must call ``recover`` before the instance runs again)."""
+        for inline execution; one at a time). A failure is returned, not raised, once the
+        instance has recovered from it."""
         model = self.model
         assert model is not None, "execute before the instance was built"
         # Busy while the interpreter runs, not while the batcher holds an idle instance.
@@ -129,16 +105,11 @@ class Instance(threading.Thread):
             # already counts this batch.
             self._metrics.compute(time.perf_counter() - start)
             self._metrics.busy(-1)
-        if isinstance(result, Exception) and recover:
+        if isinstance(result, Exception):
             # Recover before answering, so that when the batcher releases this instance
             # the pool already knows whether it is still usable.
-            self.recover()
+            self.model = self._recover(model)
         return result
-
-    def recover(self) -> None:
-        """After ``execute(..., recover=False)`` failed: probe, rebuild if need be."""
-        if self.model is not None:
-            self.model = self._recover(self.model)
 
     def _recover(self, model: ModelRunner) -> ModelRunner | None:
         """After a failed batch: keep the interpreter if it still runs a warm-up row,
@@ -165,11 +136,6 @@ class Instance(threading.Thread):
 INLINE_MAX_BATCH_S = 0.0002
 
 
-# ``auto``'s lone batches run inline when they computed in at most this at warm-up: the
-# longest a request arriving meanwhile waits to be read.
-INLINE_WHEN_ALONE_MAX_S = 0.01
-
-
 def _variable_inner_dims(model: ModelRunner) -> bool:
     """Warm-up ran such a model at size 1; real requests may be far larger (and resize
     the interpreter), so its warm-up timings bound nothing."""
@@ -185,27 +151,6 @@ def cheap_enough_to_inline(model: ModelRunner, max_rows: int) -> bool:
     # taken when cheaper); a fixed-batch one runs a batch as one invoke per chunk.
     invokes = 1 if model.batchable else -(-max_rows // model.chunk)
     return model.slowest_invoke_s * invokes < INLINE_MAX_BATCH_S
-
-
-def rows_inline_when_alone(model: ModelRunner, max_rows: int) -> int:
-    """The most rows a lone batch may have for ``auto`` to run it inline: the largest
-    number whose batch computed within ``INLINE_WHEN_ALONE_MAX_S`` at warm-up (0: none)."""
-    if _variable_inner_dims(model):
-        return 0
-    if model.batchable:
-        # A batch of r rows costs at most the smallest bucket >= r (padding to it is one
-        # of the plans, and the cheapest plan is taken). So r fits if every bucket up to
-        # that one fits: stop at the first bucket over the bound (costs need not rise
-        # with size on a noisy machine).
-        fits = 0
-        for bucket, seconds in sorted(model.invoke_costs.items()):
-            if seconds > INLINE_WHEN_ALONE_MAX_S:
-                break
-            fits = bucket
-        return min(fits, max_rows)
-    # Fixed batch: one invoke per chunk of rows.
-    invokes = int(INLINE_WHEN_ALONE_MAX_S // model.slowest_invoke_s)
-    return min(invokes * model.chunk, max_rows)
 
 
 class InstancePool:
@@ -225,8 +170,6 @@ class InstancePool:
         self._execution = execution
         self._max_rows = max_rows  # the most rows a batch can have (for ``auto``)
         self.inline = False  # decided once the instances are built (see ``start``)
-        # Threaded: a lone batch of up to this many rows runs inline (``auto``; 0: never).
-        self.inline_when_alone_rows = 0
         self._metrics = metrics
         self._name = name
         self._workers: list[Instance] = []
@@ -258,8 +201,6 @@ class InstancePool:
         self.inline = self._execution == "inline" or (
             auto_single and cheap_enough_to_inline(models[0], self._max_rows)
         )
-        if auto_single and not self.inline:
-            self.inline_when_alone_rows = rows_inline_when_alone(models[0], self._max_rows)
         for w in self._workers:
             if self.inline:
                 w.jobs.put(None)  # built: the event loop runs it from now on
@@ -286,27 +227,14 @@ class InstancePool:
         """Instances rebuilt after a failure left their interpreter unusable."""
         return sum(w.replacements for w in self._workers)
 
-    async def run(
-        self, worker: Instance, inputs: Mapping[str, Array], *, rows: int = 0, alone: bool = False
-    ) -> Outputs:
-        """Run a batch of ``rows`` rows on ``worker``; ``alone``: nothing else is queued or
-        computing in the server (a lone batch of few rows runs inline, see above)."""
+    async def run(self, worker: Instance, inputs: Mapping[str, Array]) -> Outputs:
+        """Run a batch on ``worker``: on the event loop (inline) or in its thread."""
         if self.inline:
             result = worker.execute(inputs)
             if isinstance(result, Exception):
                 raise result
             return result
-        # A lone batch runs inline only while the thread has nothing (a job whose awaiter
-        # was cancelled may still be running there: then it queues behind it).
-        if alone and 0 < rows <= self.inline_when_alone_rows and worker.thread_idle:
-            result = worker.execute(inputs, recover=False)
-            if isinstance(result, Exception):
-                # A probe or a rebuild can take far longer than the batch: not on the loop.
-                await asyncio.to_thread(worker.recover)
-                raise result
-            return result
         job = _Job(inputs, concurrent.futures.Future())
-        worker.jobs_put += 1
         worker.jobs.put(job)
         return await asyncio.wrap_future(job.future)
 

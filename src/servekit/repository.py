@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from servekit.batching import Activity, Batcher
+from servekit.batching import Batcher
 from servekit.config import ModelConfig
 from servekit.errors import BadInput, Forbidden, NotFound, NotReady, ServekitError
 from servekit.metrics import Metrics
@@ -138,8 +138,6 @@ class ServedModel:
     source: ModelSource
     config: ModelConfig
     metrics: Metrics
-    # The server's count of unanswered requests, shared by its models' batchers.
-    activity: Activity = field(default_factory=Activity)
     state: str = "UNAVAILABLE"
     reason: str = ""
     inputs: tuple[TensorSpec, ...] = ()
@@ -251,7 +249,6 @@ class ServedModel:
             max_queue_delay_s=self.config.max_queue_delay_ms / 1000,
             max_queue_size=self.config.max_queue_size,
             timeout_s=self.config.timeout_ms / 1000,
-            activity=self.activity,
         )
         self._batcher.start()
         mm.loaded(time.perf_counter() - start)
@@ -262,12 +259,7 @@ class ServedModel:
             self.name,
             self.version,
             self.config.instances,
-            self.execution
-            + (
-                f" (a lone batch of up to {self.inline_when_alone_rows} row(s) inline)"
-                if self.inline_when_alone_rows
-                else ""
-            ),
+            self.execution,
             self.buckets or "none",
             self.backend.runtime_name(),
         )
@@ -305,11 +297,6 @@ class ServedModel:
         if self._pool is None:
             return ""
         return "inline" if self._pool.inline else "thread"
-
-    @property
-    def inline_when_alone_rows(self) -> int:
-        """A threaded model's lone batches of up to this many rows run inline (0: none)."""
-        return self._pool.inline_when_alone_rows if self._pool is not None else 0
 
     @property
     def ready(self) -> bool:
@@ -389,7 +376,6 @@ class ServedModel:
                 "max_queue_delay_ms": self.config.max_queue_delay_ms,
                 "instances": self.config.instances,
                 "execution": self.execution,
-                "inline_when_alone_rows": self.inline_when_alone_rows,
             },
         }
 
@@ -437,7 +423,6 @@ class ModelRegistry:
         self._due: set[str] = set()  # models that must be ready for the server to be ready
         self._pinned_unloaded: set[str] = set()  # unloaded through the API: poll leaves them
         self._lock = asyncio.Lock()
-        self.activity = Activity()  # every model's unanswered requests, for lone batches
 
     def config_for(
         self, source: ModelSource, override: dict[str, Any] | None = None
@@ -542,7 +527,7 @@ class ModelRegistry:
             old = current.get(source.version)
             if old is not None and not force and old.source_mtime == _mtime(source.path):
                 continue  # unchanged: loaded, or failed and not worth retrying
-            served = ServedModel(source, config, self.metrics, self.activity)
+            served = ServedModel(source, config, self.metrics)
             if old is None or not old.ready:
                 current[source.version] = served  # shows as LOADING in the index
             try:
