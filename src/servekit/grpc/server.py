@@ -19,7 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from servekit.config import ServerSettings
 from servekit.dataplane import DataPlane
 from servekit.errors import Forbidden, ServekitError
-from servekit.grpc import kserve
+from servekit.grpc import kserve, tfserving
 from servekit.grpc.calls import Guard
 from servekit.metrics import Metrics
 
@@ -125,6 +125,7 @@ class GrpcServer:
             ]
         )
         kserve.add_to_server(server, self.kserve)
+        tfserving.add_to_server(server, tfserving.Servicer(self.plane, self.guard, self.draining))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         credentials = _credentials(self.settings)
         for name, port in self.wanted.items():
