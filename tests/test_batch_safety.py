@@ -220,7 +220,7 @@ async def test_http_shows_the_check_and_answers_a_poison_request_with_400(tmp_pa
         v2 = (await c.get("/v2/models/fold")).json()
         assert v2["parameters"]["batching"]["batch_safety"]["check"] == "unsafe"
         v1 = (await c.get("/v1/models/fold/metadata")).json()
-        assert v1["metadata"]["batching"]["batch_safety"]["check"] == "unsafe"
+        assert v1["servekit"]["batching"]["batch_safety"]["check"] == "unsafe"
         digits = (await c.get("/v2/models/digits")).json()
         assert digits["parameters"]["batching"]["batch_safety"]["check"] == "verified"
         index = {

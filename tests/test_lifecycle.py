@@ -164,7 +164,7 @@ def test_explicit_mode_loads_only_what_is_named(tmp_path: Path) -> None:
             f"{server.url}/v2/repository/models/cnn/load", headers=AUTH, json=body, timeout=30
         )
         assert r.status_code == 200, r.text
-        meta = httpx.get(f"{server.url}/v1/models/cnn/metadata").json()["metadata"]["batching"]
+        meta = httpx.get(f"{server.url}/v1/models/cnn/metadata").json()["servekit"]["batching"]
         assert (meta["max_batch_size"], meta["instances"], meta["execution"]) == (4, 2, "thread")
         x = digits_rows(2).reshape(2, 8, 8, 1).tolist()
         assert (

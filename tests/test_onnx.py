@@ -509,8 +509,8 @@ async def test_tflite_and_onnx_side_by_side_with_versions_reload_and_metrics(
             v2_meta = (await c.get(f"/v2/models/digits/versions/{version}")).json()
             assert v2_meta["platform"] == platform and v2_meta["versions"] == ["1", "2"]
             v1_meta = (await c.get(f"/v1/models/digits/versions/{version}/metadata")).json()
-            assert v1_meta["metadata"]["runtime"] == runtime
-            batching = v1_meta["metadata"]["batching"]
+            assert v1_meta["servekit"]["runtime"] == runtime
+            batching = v1_meta["servekit"]["batching"]
             assert batching["batch_safety"]["check"] == "verified"
             assert batching["dynamic"] and batching["buckets"][-1] == 32
 

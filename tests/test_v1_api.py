@@ -60,7 +60,7 @@ def test_multi_input_multi_output_row_and_columnar(client: httpx.Client) -> None
 
 def test_fixed_batch_model_served_unbatched(client: httpx.Client) -> None:
     meta = client.get("/v1/models/fixed/metadata").json()
-    assert meta["metadata"]["batching"]["dynamic"] is False
+    assert meta["servekit"]["batching"]["dynamic"] is False
     x = digits_rows(3)
     r = client.post("/v1/models/fixed:predict", json={"instances": x.tolist()})
     assert r.status_code == 200, r.text
@@ -84,12 +84,15 @@ def test_status_metadata_and_listing(client: httpx.Client) -> None:
     assert client.get("/v1/models/digits/versions/1").status_code == 200
     meta = client.get("/v1/models/multi/metadata").json()
     sig = meta["metadata"]["signature_def"]["signature_def"]["serving_default"]
-    assert sig["inputs"]["bias"]["dtype"] == "int32"
-    assert sig["inputs"]["features"]["shape"] == [-1, 64]
-    assert sig["outputs"]["label"]["dtype"] == "int64"
+    assert sig["inputs"]["bias"]["dtype"] == "DT_INT32"
+    assert sig["inputs"]["features"]["tensor_shape"]["dim"] == [
+        {"size": "-1", "name": ""},
+        {"size": "64", "name": ""},
+    ]
+    assert sig["outputs"]["label"]["dtype"] == "DT_INT64"
     q = client.get("/v1/models/digits_int8/metadata").json()
-    qin = q["metadata"]["signature_def"]["signature_def"]["serving_default"]["inputs"]["pixels"]
-    assert qin["quantization"]["scale"] > 0
+    (qin,) = q["servekit"]["inputs"]
+    assert qin["name"] == "pixels" and qin["quantization"]["scale"] > 0
     listed = {m["name"] for m in client.get("/v1/models").json()}
     assert {"digits", "digits_cnn", "multi", "fixed", "digits_int8", "nosig"} <= listed
 

@@ -1,29 +1,38 @@
-"""TensorFlow Serving REST API: status, metadata and predict (row and columnar)."""
+"""TensorFlow Serving REST API: status, metadata and predict (row and columnar).
+
+Status and metadata answer in TF Serving's own schema (``server/tfs.py`` builds it, for
+the gRPC API too); servekit's own details of a model (runtime, batching, quantization)
+are under a separate ``servekit`` key of the metadata. Non-finite numbers are read and
+written as TF Serving does (``NaN``, ``Infinity``, ``-Infinity``). TF Serving's
+Classify and Regress APIs and version labels are not served: their paths answer an
+error that says what to use instead.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from servekit.dataplane import DataPlane
 from servekit.errors import BadInput
 from servekit.repository import ServedModel
-from servekit.server import paths  # noqa: F401 - registers the 'segment' convertor
-from servekit.server.encoding import json_response, parse_json_object, to_jsonable
+from servekit.server import paths, tfs  # noqa: F401 - paths registers the 'segment' convertor
+from servekit.server.encoding import json_response
+from servekit.server.errors import error_response
 from servekit.server.inference import InferenceCall, InferenceRoute, call_from_request
 from servekit.server.schemas import (
     ErrorResponse,
     ModelListEntry,
-    ModelMetadataResponse,
     ModelStatusResponse,
     PredictRequest,
     PredictResponse,
 )
-from servekit.tensors import Array, TensorSpec, coerce_json_values, excerpt
+from servekit.tensors import Array, coerce_json_values, excerpt
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Bad input"},
@@ -31,10 +40,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorResponse, "description": "Not ready or overloaded (see Retry-After)"},
     504: {"model": ErrorResponse, "description": "Deadline passed while queued"},
 }
-
-# TF Serving's names for model states.
-_TFS_STATE = {"LOADING": "LOADING", "READY": "AVAILABLE", "UNLOADING": "UNLOADING"}
-
 
 PREDICT = "/v1/models/{model_name:segment}:predict"
 PREDICT_VERSION = "/v1/models/{model_name:segment}/versions/{version:segment}:predict"
@@ -45,51 +50,44 @@ def _plane(request: Request) -> DataPlane:
     return plane
 
 
+class ModelMetadataResponse(BaseModel):
+    """TF Serving's model metadata, and servekit's own details beside it."""
+
+    model_spec: dict[str, str] = Field(
+        description="name, signature_name (always ''), version (a string)."
+    )
+    metadata: dict[str, Any] = Field(
+        description="{'signature_def': TF Serving's SignatureDefMap}: the model's signature "
+        "(serving_default), inputs and outputs each with dtype (DT_FLOAT, ...), tensor_shape "
+        "({dim: [{size, name}], unknown_rank}; sizes are strings, -1 the batch) and name."
+    )
+    servekit: dict[str, Any] = Field(
+        description="servekit's own: platform, runtime, signature, inputs and outputs "
+        "(datatype, dtype, shape, quantization), batching."
+    )
+
+
 def _status(models: list[ServedModel]) -> dict[str, Any]:
-    return {
-        "model_version_status": [
-            {
-                "version": str(m.version),
-                "state": _TFS_STATE.get(m.state, "END"),
-                "status": {
-                    "error_code": "OK" if m.ready else "UNAVAILABLE",
-                    "error_message": m.reason,
-                },
-            }
-            for m in models
-        ]
-    }
+    return {"model_version_status": [tfs.version_status(m) for m in models]}
 
 
 def _metadata(m: ServedModel) -> dict[str, Any]:
-    meta = m.metadata()
+    mine = {k: v for k, v in m.metadata().items() if k not in ("name", "version")}
     return {
-        "model_spec": {"name": m.name, "version": str(m.version), "signature_name": ""},
-        "metadata": {
-            "signature_def": {
-                "signature_def": {
-                    m.signature_key or "serving_default": {
-                        "inputs": {s.name: s.to_dict() for s in m.inputs},
-                        "outputs": {s.name: s.to_dict() for s in m.outputs},
-                        "method_name": "tensorflow/serving/predict",
-                    }
-                }
-            },
-            "batching": meta["batching"],
-            "runtime": meta["runtime"],
-        },
+        "model_spec": tfs.model_spec(m),
+        "metadata": {"signature_def": tfs.signature_def_map(m)},
+        "servekit": mine,
     }
 
 
-def parse_predict(
-    body: dict[str, Any], inputs: tuple[TensorSpec, ...]
-) -> tuple[dict[str, Array], bool]:
+def parse_predict(body: dict[str, Any], model: ServedModel) -> tuple[dict[str, Array], bool]:
     """Decode a predict body into arrays. Returns the arrays and whether it was row format."""
     sig = body.get("signature_name")
-    if sig not in (None, "", "serving_default"):
-        raise BadInput(
-            f"unknown signature_name {excerpt(sig)}; this model serves 'serving_default'"
-        )
+    if sig is not None:
+        if not isinstance(sig, str):
+            raise BadInput(f"'signature_name' must be a string, got {excerpt(sig)}")
+        tfs.check_signature(sig, model)
+    inputs = model.inputs
     unknown = set(body) - {"signature_name", "instances", "inputs"}
     if unknown:
         raise BadInput(
@@ -149,12 +147,20 @@ class Predict:
     priority: int = 0
 
 
+def parse_body(body: bytes) -> dict[str, Any]:
+    """A predict body: a JSON object (``NaN`` and ``Infinity`` allowed, as TF Serving)."""
+    data = tfs.loads(body)
+    if not isinstance(data, dict):
+        raise BadInput(f"expected a JSON object, got {type(data).__name__}: {excerpt(data)}")
+    return data
+
+
 async def handle_predict(call: InferenceCall) -> Response:
     """A predict request, whichever router matched it."""
-    body = parse_json_object(call.body)
+    body = parse_body(call.body)
 
     def decode(model: ServedModel) -> Predict:
-        return Predict(*parse_predict(body, model.inputs))
+        return Predict(*parse_predict(body, model))
 
     done = await call.plane.infer(call.model_name, call.version, decode, cancelled=call.cancelled)
     return json_response(encode_predict(done.outputs, done.request.row_format))
@@ -164,15 +170,71 @@ ROUTES = (InferenceRoute(PREDICT, handle_predict), InferenceRoute(PREDICT_VERSIO
 
 
 def encode_predict(outputs: dict[str, Array], row_format: bool) -> dict[str, Any]:
-    if row_format:
-        if len(outputs) == 1:
-            return {"predictions": to_jsonable(next(iter(outputs.values())))}
-        cols = {k: np.asarray(v).tolist() for k, v in outputs.items()}
-        n = len(next(iter(cols.values())))
-        return {"predictions": [{k: c[i] for k, c in cols.items()} for i in range(n)]}
-    if len(outputs) == 1:
-        return {"outputs": to_jsonable(next(iter(outputs.values())))}
-    return {"outputs": {k: to_jsonable(v) for k, v in outputs.items()}}
+    cols = {k: tfs.jsonable(v) for k, v in outputs.items()}
+    if len(cols) == 1:
+        return {"predictions" if row_format else "outputs": next(iter(cols.values()))}
+    if not row_format:
+        return {"outputs": cols}
+    n = len(next(iter(outputs.values())))
+    return {"predictions": [{k: c[i] for k, c in cols.items()} for i in range(n)]}
+
+
+# -- what TF Serving has and servekit does not ------------------------------------------
+
+UNSUPPORTED_VERBS = ("classify", "regress")
+
+
+def _unsupported_verb(verb: str, model_name: str, version: str | None) -> Response:
+    where = f"/v1/models/{model_name[:128]}" + (f"/versions/{version[:32]}" if version else "")
+    return error_response(
+        501,
+        f"TF Serving's {verb.capitalize()} API (POST {where}:{verb}) is not supported: "
+        f"servekit serves Predict only. Send the model's inputs to POST {where}:predict "
+        "('instances' or 'inputs') and read its outputs (the class scores or values) there",
+    )
+
+
+def _no_labels(plane: DataPlane, model_name: str, label: str, rest: str) -> BadInput:
+    versions = [m.version for m in plane.versions(model_name)]  # NotFound first
+    return BadInput(
+        f"servekit has no version labels: label {excerpt(label)} names no version of model "
+        f"'{model_name}'. Address a version by number: /v1/models/{model_name}/versions/"
+        f"<version>{rest} (versions: {versions}), or leave it out for the newest"
+    )
+
+
+def _add_unsupported_routes(router: APIRouter) -> None:
+    """TF Serving's paths servekit does not serve, answered with what to use instead
+    (not in the OpenAPI document): Classify and Regress (501), version labels (400)."""
+
+    def no_label(rest: str) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            params = request.path_params
+            raise _no_labels(_plane(request), params["model_name"], params["label"], rest)
+
+        return endpoint
+
+    def not_served(verb: str) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            params = request.path_params  # a label is not a version: name none in the answer
+            return _unsupported_verb(verb, params["model_name"], params.get("version"))
+
+        return endpoint
+
+    base = "/v1/models/{model_name:segment}"
+    label = base + "/labels/{label:segment}"
+    for path, endpoint, method in (
+        (label, no_label(""), "GET"),
+        (label + "/metadata", no_label("/metadata"), "GET"),
+        (label + ":predict", no_label(":predict"), "POST"),
+        *((label + f":{verb}", not_served(verb), "POST") for verb in UNSUPPORTED_VERBS),
+        *((base + f":{verb}", not_served(verb), "POST") for verb in UNSUPPORTED_VERBS),
+        *(
+            (base + "/versions/{version:segment}" + f":{verb}", not_served(verb), "POST")
+            for verb in UNSUPPORTED_VERBS
+        ),
+    ):
+        router.add_api_route(path, endpoint, methods=[method], include_in_schema=False)
 
 
 def build_router() -> APIRouter:
@@ -195,6 +257,8 @@ def build_router() -> APIRouter:
     )
     async def model_status(request: Request, model_name: str) -> Response:
         return json_response(_status(_plane(request).versions(model_name)))
+
+    _add_unsupported_routes(router)
 
     @router.get(
         "/v1/models/{model_name:segment}/versions/{version:segment}",
