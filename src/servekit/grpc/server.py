@@ -129,7 +129,10 @@ class GrpcServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         credentials = _credentials(self.settings)
         for name, port in self.wanted.items():
-            address = f"{self.settings.host}:{port}"
+            host = self.settings.host
+            address = (
+                f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+            )
             try:
                 if credentials is None:
                     bound = server.add_insecure_port(address)
