@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 from starlette.responses import Response
@@ -176,7 +177,14 @@ def encode_predict(outputs: dict[str, Array], row_format: bool) -> dict[str, Any
     if not row_format:
         return {"outputs": cols}
     n = len(next(iter(outputs.values())))
-    return {"predictions": [{k: c[i] for k, c in cols.items()} for i in range(n)]}
+    return {"predictions": [{k: _row(c, i) for k, c in cols.items()} for i in range(n)]}
+
+
+def _row(column: Any, i: int) -> Any:
+    """Row ``i`` of an output; a numpy scalar (a 1-D output's row) as a Python value,
+    since orjson writes numpy arrays but not every numpy scalar type (np.longlong)."""
+    value = column[i]
+    return value.item() if isinstance(value, np.generic) else value
 
 
 # -- what TF Serving has and servekit does not ------------------------------------------
