@@ -22,7 +22,7 @@ from conftest import MODELS, REPO, ServerProcess, digits_rows, direct_predict, f
 from perf_analyzer_support import parse_perf_csv, perf_analyzer_args, run_perf_analyzer
 
 ADMIN = "grpc-admin"
-SLOW_CONFIG = "max_batch_size: 1\ninstances: 1\nmax_queue_size: 2\n"
+SLOW_CONFIG = "max_batch_size: 1\ninstances: 1\nmax_queue_size: 8\n"
 
 
 class GrpcServer(ServerProcess):
@@ -239,7 +239,7 @@ async def test_queue_full_is_unavailable(server: GrpcServer) -> None:
     finally:
         await client.close()
     refused = [r for r in results if isinstance(r, InferenceServerException)]
-    assert refused, "12 requests against a queue of 2 were all accepted"
+    assert refused, "12 requests against a queue of 8 were all accepted"
     for r in refused:
         assert code_of(r) == "StatusCode.UNAVAILABLE" and "queue full" in str(r)
     assert len(refused) < len(results)
@@ -424,17 +424,21 @@ async def test_a_cancelled_call_is_not_computed(server: GrpcServer) -> None:
     before = inferences()
     async with grpc.aio.insecure_channel(server.grpc_url) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        first = stub.ModelInfer(request)  # computes; the queue holds the next two
+        # Four calls ahead (~70 ms of compute, one at a time) keep the next two queued
+        # well past their cancellation, however late the machine runs the client.
+        ahead = [stub.ModelInfer(request) for _ in range(4)]
+        await asyncio.sleep(0.01)
         queued = [stub.ModelInfer(request) for _ in range(2)]
         await asyncio.sleep(0.005)
         for call in queued:
             call.cancel()
-        await first
+        for call in ahead:
+            await call
         for call in queued:
             with pytest.raises(asyncio.CancelledError):
                 await call
     await asyncio.sleep(0.2)  # anything still running would have finished by now
-    assert inferences() - before == 1
+    assert inferences() - before == 4
 
 
 def test_messages_over_the_body_limit_are_refused() -> None:
