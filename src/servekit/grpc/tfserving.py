@@ -64,19 +64,8 @@ _FIELD: dict[str, str] = {
     "FP16": "half_val",
     "BYTES": "string_val",
 }
-_VALUE_FIELDS = (
-    "half_val",
-    "float_val",
-    "double_val",
-    "int_val",
-    "string_val",
-    "scomplex_val",
-    "int64_val",
-    "bool_val",
-    "dcomplex_val",
-    "uint32_val",
-    "uint64_val",
-)
+# Every typed value field of TensorProto, read from the message itself.
+_VALUE_FIELDS = tuple(f.name for f in pb.TensorProto.DESCRIPTOR.fields if f.name.endswith("_val"))
 
 
 def dt_name(dtype: int) -> str:
