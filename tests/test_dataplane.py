@@ -19,8 +19,17 @@ import numpy as np
 import pytest
 
 from servekit import dataplane
+from servekit.config import ModelConfig
 from servekit.dataplane import DataPlane
-from servekit.errors import BadInput, ClientDisconnected, NotFound, NotReady
+from servekit.errors import (
+    BadInput,
+    ClientDisconnected,
+    DeadlineExceeded,
+    NotFound,
+    NotReady,
+    Overloaded,
+)
+from servekit.tensors import TensorSpec
 
 
 @dataclass
@@ -41,7 +50,11 @@ class FakeModel:
     reason: str = ""
     invalid: int = 0
     submitted: list[tuple[Mapping[str, Any], float | None, int]] = field(default_factory=list)
-    result: asyncio.Future[dict[str, Any]] | None = None
+    result: asyncio.Future[dict[str, Any]] | None = None  # the last request's
+    results: list[asyncio.Future[dict[str, Any]]] = field(default_factory=list)
+    config: ModelConfig = field(default_factory=lambda: ModelConfig(max_batch_size=4))
+    inputs: tuple[TensorSpec, ...] = (TensorSpec("x", np.dtype(np.float32), (-1, 2)),)
+    queue_room: int = 1_000  # submits accepted before Overloaded
 
     @property
     def ready(self) -> bool:
@@ -54,12 +67,19 @@ class FakeModel:
         self, inputs: Mapping[str, Any], *, timeout_s: float | None = None, priority: int = 0
     ) -> Any:
         self.events.append("submit")
+        if len(self.submitted) >= self.queue_room:
+            raise Overloaded("queue full")
         self.submitted.append((inputs, timeout_s, priority))
         self.result = asyncio.get_running_loop().create_future()
+        self.results.append(self.result)
         return self._wait(self.result)
 
     async def _wait(self, result: asyncio.Future[dict[str, Any]]) -> dict[str, Any]:
-        return await result
+        try:
+            return await result
+        except asyncio.CancelledError:
+            result.cancel()  # as the batcher's: a cancelled waiter drops its queued request
+            raise
 
 
 class FakeRegistry:
@@ -173,6 +193,106 @@ async def test_cancelling_the_caller_still_cancels_it() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert model.result is not None and model.result.cancelled()
+
+
+# -- requests over max_batch_size (the fake model's is 4) --------------------------------
+
+
+def rows(n: int) -> dict[str, np.ndarray]:
+    return {"x": np.arange(n * 2, dtype=np.float32).reshape(n, 2)}
+
+
+async def test_a_large_request_is_queued_in_chunks_in_one_step_and_joined_in_order() -> None:
+    p, model = plane()
+    x = rows(10)
+    task = asyncio.create_task(p.infer("m", None, lambda m: Decoded(x, timeout_s=2.0, priority=1)))
+    await asyncio.sleep(0)
+    # Every chunk was queued before the loop ran (a draining version finishes them all).
+    assert model.events[:4] == ["get", "submit", "submit", "submit"]
+    assert [s[0]["x"].shape[0] for s in model.submitted] == [4, 4, 2]
+    assert all(s[1:] == (2.0, 1) for s in model.submitted)
+    # Chunks answer out of order; the request's rows come back in order.
+    for i in (2, 0, 1):
+        model.results[i].set_result({"y": model.submitted[i][0]["x"] * 10, "n": np.full(1, i)})
+    done = await task
+    np.testing.assert_array_equal(done.outputs["y"], x["x"] * 10)
+    np.testing.assert_array_equal(done.outputs["n"], [0, 1, 2])
+
+
+async def test_a_request_within_max_batch_size_is_one_submit() -> None:
+    p, model = plane()
+    task = asyncio.create_task(p.infer("m", None, lambda m: Decoded(rows(4))))
+    await answer(model, {"y": 1})
+    assert (await task).outputs == {"y": 1}
+    assert len(model.submitted) == 1
+
+
+async def test_one_failed_chunk_fails_the_request_and_drops_the_rest() -> None:
+    p, model = plane()
+    task = asyncio.create_task(p.infer("m", None, lambda m: Decoded(rows(12))))
+    await asyncio.sleep(0)
+    model.results[0].set_result({"y": np.zeros(4)})
+    model.results[1].set_exception(DeadlineExceeded("deadline of 5 ms passed"))
+    with pytest.raises(DeadlineExceeded, match="5 ms"):
+        await task
+    await asyncio.sleep(0)
+    assert model.results[2].cancelled()  # the chunk still queued is dropped
+
+
+async def test_a_queue_that_fills_part_way_drops_the_queued_chunks() -> None:
+    p, model = plane()
+    model.queue_room = 2
+    with pytest.raises(Overloaded):
+        await p.infer("m", None, lambda m: Decoded(rows(12)))
+    await asyncio.sleep(0)
+    assert len(model.results) == 2 and all(r.cancelled() for r in model.results)
+
+
+async def test_cancelling_a_large_request_drops_every_queued_chunk() -> None:
+    p, model = plane()
+    never = asyncio.Event()
+    task = asyncio.create_task(
+        p.infer("m", None, lambda m: Decoded(rows(12)), cancelled=never.wait)
+    )
+    await asyncio.sleep(0)
+    model.results[1].set_result({"y": np.zeros(4)})
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0)
+    assert [r.cancelled() for r in model.results] == [True, False, True]
+
+
+@pytest.mark.parametrize(
+    ("config", "n", "message"),
+    [
+        (
+            ModelConfig(max_batch_size=4, max_request_rows=8),
+            9,
+            "request of 9 rows is over this model's max_request_rows 8",
+        ),
+        (
+            ModelConfig(max_batch_size=4, max_queue_size=2),
+            9,
+            "needs 3 batches of max_batch_size 4, more than this model's queue holds "
+            r"\(max_queue_size 2\); send at most 8 rows",
+        ),
+    ],
+)
+async def test_limits_of_a_large_request(config: ModelConfig, n: int, message: str) -> None:
+    p, model = plane()
+    model.config = config
+    with pytest.raises(BadInput, match=message):
+        await p.infer("m", None, lambda m: Decoded(rows(n)))
+    assert model.submitted == [] and model.invalid == 1
+
+
+async def test_a_large_request_is_validated_whole() -> None:
+    p, model = plane()
+    x = {"x": np.zeros((9, 3), np.float32)}
+    with pytest.raises(BadInput, match=r"expected shape \[-1, 2\], got \[9, 3\]"):
+        await p.infer("m", None, lambda m: Decoded(x))
+    assert model.submitted == [] and model.invalid == 1
 
 
 def test_the_data_plane_imports_no_web_framework() -> None:

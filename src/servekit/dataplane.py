@@ -8,6 +8,13 @@ the result within the request's deadline unless the caller goes away first. The 
 supplies the deadline (``timeout_s`` of the decoded request) and the cancellation signal
 (an HTTP client that disconnected, a gRPC call that was cancelled).
 
+A request of more rows than the model's ``max_batch_size`` (whole evaluation sets, as
+TF Serving takes them) is split here into chunks of at most ``max_batch_size`` rows, up
+to the model's ``max_request_rows``. Every chunk is queued in the same synchronous step
+as a small request, so a version that starts draining finishes all of them; the answer
+is the chunks' outputs joined in order. The first chunk that fails fails the request
+with its error, and the chunks still queued are dropped before compute.
+
 No web framework here: errors are ``servekit.errors``' and carry no status.
 """
 
@@ -18,8 +25,11 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
+import numpy as np
+
 from servekit.errors import BadInput, ClientDisconnected, NotReady
 from servekit.repository import ModelRegistry, ServedModel
+from servekit.tensors import check_inputs
 from servekit.triton_config import model_config
 
 if TYPE_CHECKING:
@@ -165,13 +175,94 @@ class DataPlane:
         model = self.ready_model(name, version)
         try:
             request = decode(model)
+            chunks = _chunks(model, request.inputs)
         except BadInput:
             model.count_invalid()
             raise
-        pending = model.submit(
-            request.inputs, timeout_s=request.timeout_s, priority=request.priority
+        if chunks is None:
+            pending = model.submit(
+                request.inputs, timeout_s=request.timeout_s, priority=request.priority
+            )
+            return model, request, pending
+        queued: list[Coroutine[Any, Any, Outputs]] = []
+        try:
+            for chunk in chunks:
+                queued.append(
+                    model.submit(chunk, timeout_s=request.timeout_s, priority=request.priority)
+                )
+        except Exception as e:  # the queue filled up part-way (Overloaded)
+            return model, request, _joined(queued, refused=e)
+        return model, request, _joined(queued)
+
+
+def _chunks(model: ServedModel, inputs: Mapping[str, Array]) -> list[dict[str, Array]] | None:
+    """``inputs`` cut into chunks of at most ``max_batch_size`` rows, or None when the
+    request fits one batch (``ServedModel.submit`` validates it then, as always).
+    BadInput for an invalid request or one over ``max_request_rows``."""
+    config = model.config
+    if all(a.ndim == 0 or a.shape[0] <= config.max_batch_size for a in inputs.values()):
+        return None
+    # Validated whole, so that an error names the request's rows, not a chunk's.
+    checked, rows = check_inputs(
+        inputs,
+        model.inputs,
+        batched=False,
+        max_batch_size=config.max_batch_size,
+        allow_nonfinite=config.allow_nonfinite,
+    )
+    if rows > config.max_request_rows:
+        raise BadInput(
+            f"request of {rows} rows is over this model's max_request_rows "
+            f"{config.max_request_rows}; send at most {config.max_request_rows} rows per "
+            f"request (or raise max_request_rows in the model's config.yaml)"
         )
-        return model, request, pending
+    step = config.max_batch_size
+    count = -(-rows // step)
+    if count > config.max_queue_size:
+        # It could never be queued whole, however idle the model.
+        most = config.max_queue_size * step
+        raise BadInput(
+            f"request of {rows} rows needs {count} batches of max_batch_size {step}, more "
+            f"than this model's queue holds (max_queue_size {config.max_queue_size}); send "
+            f"at most {most} rows per request"
+        )
+    return [{k: v[i : i + step] for k, v in checked.items()} for i in range(0, rows, step)]
+
+
+async def _joined(
+    queued: list[Coroutine[Any, Any, Outputs]], refused: Exception | None = None
+) -> Outputs:
+    """The outputs of a split request's chunks (``queued``, in row order), joined.
+
+    Each chunk runs in a task of its own, so that the batcher computes them side by
+    side. The first failure (or the request's cancellation) cancels the other chunks,
+    which drops those still queued before compute. ``refused``: the chunks after
+    ``queued`` could not be queued; the queued ones are dropped and it is raised.
+    """
+    tasks = [asyncio.ensure_future(q) for q in queued]
+    for t in tasks:
+        t.add_done_callback(_retrieved)
+    try:
+        # Every chunk's first step runs now (tasks start in creation order, before this
+        # one resumes): from then on, cancelling a chunk's task drops its queued rows.
+        # A task cancelled before its first step would leave them queued.
+        await asyncio.sleep(0)
+        if refused is not None:
+            raise refused
+        outputs = [await t for t in tasks]
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        raise
+    first = outputs[0]
+    return {k: np.concatenate([o[k] for o in outputs]) for k in first}
+
+
+def _retrieved(task: asyncio.Future[Outputs]) -> None:
+    """A chunk's error is its request's, raised once; the others' are read here, so
+    that asyncio does not log them as never retrieved."""
+    if not task.cancelled():
+        task.exception()
 
 
 T = TypeVar("T")
