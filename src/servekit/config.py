@@ -40,6 +40,13 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_batch_size: int = Field(32, ge=1, le=4096, description="Rows per execution, at most.")
+    max_request_rows: int = Field(
+        4096,
+        ge=1,
+        description="Rows per request, at most (400 past it). A request over max_batch_size "
+        "is split into batches of max_batch_size rows, queued together, its answer joined "
+        "in order.",
+    )
     max_queue_delay_ms: float = Field(
         0.0, ge=0, description="Wait this long for a fuller batch; 0 runs at once when idle."
     )
@@ -103,6 +110,11 @@ class ModelConfig(BaseModel):
                 raise ValueError(
                     f"largest batch bucket {b[-1]} exceeds max_batch_size {self.max_batch_size}"
                 )
+        if self.max_request_rows < self.max_batch_size:
+            raise ValueError(
+                f"max_request_rows ({self.max_request_rows}) must be at least max_batch_size "
+                f"({self.max_batch_size})"
+            )
         if self.max_queue_delay_ms >= self.timeout_ms:
             raise ValueError(
                 f"max_queue_delay_ms ({self.max_queue_delay_ms}) must be below timeout_ms "
@@ -175,6 +187,21 @@ class ServerSettings(BaseSettings):
     )
     metrics_port: int | None = Field(
         None, ge=1, le=65535, description="Serve /metrics on this port only (not the API's)."
+    )
+    docs_public: bool = Field(
+        False,
+        description="With api_keys: serve /openapi.json (model names, example requests) "
+        "without a key. Off: it needs a key like the model endpoints.",
+    )
+    metrics_public: bool = Field(
+        False,
+        description="With api_keys and no metrics_port: serve /metrics without a key. Off: "
+        "it needs a key (Prometheus sends one with its scrape config's 'authorization').",
+    )
+    http_status_label: Literal["code", "class"] = Field(
+        "code",
+        description="The 'status' label of the HTTP metrics: the exact code ('503') or "
+        "its class ('5xx', prometheus-fastapi-instrumentator's default).",
     )
     ssl_certfile: Path | None = Field(None, description="Serve HTTPS with this certificate.")
     ssl_keyfile: Path | None = Field(None, description="The certificate's private key.")
