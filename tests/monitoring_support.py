@@ -25,6 +25,8 @@ PROMETHEUS_YML = MONITORING / "prometheus.yml"
 RECORDING_RULES = MONITORING / "recording_rules.yml"
 ALERT_RULES = MONITORING / "alert_rules.yml"
 ALERT_TESTS = MONITORING / "alert_rules_test.yml"
+TRITON_RULES = MONITORING / "triton_compat_rules.yml"
+TRITON_TESTS = MONITORING / "triton_compat_rules_test.yml"
 DASHBOARD = MONITORING / "grafana" / "dashboards" / "servekit.json"
 
 
@@ -109,19 +111,43 @@ def rules(path: Path) -> list[dict[str, Any]]:
     return [r for g in data["groups"] for r in g["rules"]]
 
 
+def with_short_for(path: Path, out: Path, duration: str = "1s") -> Path:
+    """A copy of the alert rules in `path` whose every `for` is `duration`: the same
+    expressions, so that a test sees its alerts fire instead of stay pending."""
+    data = yaml.safe_load(path.read_text())
+    for group in data["groups"]:
+        for rule in group["rules"]:
+            if "for" in rule:
+                rule["for"] = duration
+    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    return out
+
+
 # -- a real Prometheus server --------------------------------------------------------
 
 
 class PrometheusServer:
     """`prometheus` as a child process on 127.0.0.1, its data and log in `workdir`."""
 
-    def __init__(self, binary: str, workdir: Path, targets: list[str], interval: str = "1s"):
+    def __init__(
+        self,
+        binary: str,
+        workdir: Path,
+        targets: list[str],
+        interval: str = "1s",
+        rule_files: list[Path] | None = None,
+    ):
+        """`rule_files` replaces prometheus.yml's rule files when given."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = yaml.safe_load(PROMETHEUS_YML.read_text())
         config["global"]["scrape_interval"] = interval
         config["global"]["evaluation_interval"] = interval
-        config["rule_files"] = [str(MONITORING / f) for f in config["rule_files"]]
+        config["rule_files"] = (
+            [str(f) for f in rule_files]
+            if rule_files is not None
+            else [str(MONITORING / f) for f in config["rule_files"]]
+        )
         (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "servekit"]
         job["scrape_interval"] = interval
         job["scrape_timeout"] = interval

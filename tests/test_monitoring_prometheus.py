@@ -1,7 +1,9 @@
 """A real Prometheus scraping a real servekit every second, with the repo's own
-recording and alert rules: every dashboard query, recording rule and alert expression
-is run through Prometheus' HTTP API against the metrics of real traffic (successes,
-queue-full rejections, deadlines passed, invalid inputs, unknown URLs)."""
+recording and alert rules and the Triton-name rules: every dashboard query, recording
+rule and alert expression is run through Prometheus' HTTP API against the metrics of
+real traffic (successes, queue-full rejections, deadlines passed, invalid inputs,
+unknown URLs). The alert rules are loaded as a copy whose `for` is 1 s, so that the
+alerts this traffic deserves are seen firing, not only pending."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from monitoring_support import (
     ALERT_RULES,
     LABEL_VALUES,
     RECORDING_RULES,
+    TRITON_RULES,
     PrometheusServer,
     dashboard_queries,
     ensure_prometheus,
@@ -31,6 +34,7 @@ from monitoring_support import (
     substitute,
     values,
     variable_queries,
+    with_short_for,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -126,8 +130,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     server = ServerProcess(str(repo), name="monitoring").wait_ready()
     prometheus = None
     try:
+        workdir = tmp_path_factory.mktemp("prometheus")
+        alerts = with_short_for(ALERT_RULES, workdir / "alert_rules_short_for.yml")
         prometheus = PrometheusServer(
-            prometheus_bin, tmp_path_factory.mktemp("prometheus"), [f"127.0.0.1:{server.port}"]
+            prometheus_bin,
+            workdir,
+            [f"127.0.0.1:{server.port}"],
+            rule_files=[RECORDING_RULES, alerts, TRITON_RULES],
         ).wait_ready()
         s = Stack(server, prometheus, started=started)
         # Prometheus hands new targets to its scrapers up to 5 s after it starts.
@@ -270,15 +279,58 @@ def test_every_alert_expression_runs(stack: Stack) -> None:
         ("ServekitHighErrorRatio", m) for m in failing
     }
 
-    def pending() -> set[tuple[str, str]]:
+    def alerts_in(state: str) -> set[tuple[str, str]]:
         return {
             (a["labels"]["alertname"], a["labels"].get("model", ""))
             for a in p.api("alerts")["alerts"]
+            if a["state"] == state
         }
 
-    wait_for(lambda: expected <= pending(), f"the alerts {sorted(expected)}")
-    firing_now = {a for a in pending() if a[0] in ("ServekitDown", "ServekitModelNotReady")}
-    assert not firing_now, firing_now
+    # Firing: the copy's `for` (1 s) has run, the expressions are the shipped ones.
+    wait_for(lambda: expected <= alerts_in("firing"), f"the alerts {sorted(expected)} firing")
+    every = alerts_in("firing") | alerts_in("pending")
+    wrong = {
+        a
+        for a in every
+        if a[0]
+        in ("ServekitDown", "ServekitAbsent", "ServekitModelNotReady", "ServekitModelLoadFailed")
+    }
+    assert not wrong, wrong
+
+
+def test_triton_names_are_recorded_from_real_traffic(stack: Stack) -> None:
+    """Every nv_* series of triton_compat_rules.yml exists for every model, and the
+    counts equal servekit's own (and so the answers the clients saw)."""
+    p, seen = stack.prometheus, stack.seen
+    names = sorted({r["record"] for r in rules(TRITON_RULES)})
+
+    def recorded() -> bool:
+        for model in MODELS:
+            sel = f'job="servekit", model="{model}", version="1"'
+            for name in names:
+                assert has_number(p.query(f"{name}{{{sel}}}")), (model, name)
+            success = sum_of(p, f"nv_inference_request_success{{{sel}}}")
+            assert success == seen[model, 200], (model, success)
+            rejected = sum_of(p, f'nv_inference_request_failure{{{sel}, reason="REJECTED"}}')
+            assert rejected == seen[model, 503], (model, rejected)
+            other = sum_of(p, f'nv_inference_request_failure{{{sel}, reason="OTHER"}}')
+            assert other == seen[model, 400] + seen[model, 504], (model, other)
+            rows = sum_of(p, f"nv_inference_count{{{sel}}}")
+            assert rows == sum_of(p, f"servekit_inferences_total{{{sel}}}") > 0
+            # Per request, compute (infer) time is at least the batch's: each request
+            # counts its whole batch's time.
+            per_request = sum_of(
+                p,
+                f"nv_inference_compute_infer_duration_us{{{sel}}}"
+                f" / on (job, instance, model, version) servekit_computed_requests_total{{{sel}}}",
+            )
+            assert per_request > 0, (model, per_request)
+        return True
+
+    wait_for(recorded, "the Triton-name series")
+    for group in p.api("rules")["groups"]:
+        for r in group["rules"]:
+            assert r["health"] == "ok", r
 
 
 def test_whole_module_is_quick(stack: Stack) -> None:

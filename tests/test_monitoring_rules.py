@@ -5,6 +5,7 @@ dashboard."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -20,6 +21,8 @@ from monitoring_support import (
     MONITORING,
     PROMETHEUS_YML,
     RECORDING_RULES,
+    TRITON_RULES,
+    TRITON_TESTS,
     dashboard,
     dashboard_queries,
     ensure_prometheus,
@@ -50,13 +53,63 @@ def test_promtool_check_config(promtool: str) -> None:
 
 
 def test_promtool_check_rules(promtool: str) -> None:
-    out = run([promtool, "check", "rules", str(RECORDING_RULES), str(ALERT_RULES)])
-    assert out.count("SUCCESS") == 2
+    files = [RECORDING_RULES, ALERT_RULES, TRITON_RULES]
+    out = run([promtool, "check", "rules", *map(str, files)])
+    assert out.count("SUCCESS") == 3
 
 
 def test_promtool_alert_unit_tests(promtool: str) -> None:
     out = run([promtool, "test", "rules", ALERT_TESTS.name], cwd=MONITORING)
     assert "SUCCESS" in out
+
+
+def test_promtool_triton_compat_unit_tests(promtool: str) -> None:
+    out = run([promtool, "test", "rules", TRITON_TESTS.name], cwd=MONITORING)
+    assert "SUCCESS" in out
+
+
+# Triton's per-model metrics (docs/user_guide/metrics.md of triton-inference-server/server):
+# counters, durations in microseconds summed over requests, the pending count a gauge.
+TRITON_METRICS = {
+    "nv_inference_request_success",
+    "nv_inference_request_failure",
+    "nv_inference_count",
+    "nv_inference_exec_count",
+    "nv_inference_request_duration_us",
+    "nv_inference_queue_duration_us",
+    "nv_inference_compute_input_duration_us",
+    "nv_inference_compute_infer_duration_us",
+    "nv_inference_compute_output_duration_us",
+    "nv_inference_pending_request_count",
+}
+
+
+def test_triton_compat_rules_record_every_triton_model_metric() -> None:
+    recorded = {r["record"] for r in rules(TRITON_RULES)}
+    assert recorded == TRITON_METRICS
+    tested = {
+        t["expr"].split("{")[0]
+        for case in yaml.safe_load(TRITON_TESTS.read_text())["tests"]
+        for t in case.get("promql_expr_test", [])
+    }
+    assert tested >= TRITON_METRICS, TRITON_METRICS - tested
+    # Triton's failure reasons, one rule each (lowercase servekit reasons never leak).
+    reasons = {
+        r["labels"]["reason"] for r in rules(TRITON_RULES) if r["record"].endswith("_failure")
+    }
+    assert reasons == {"REJECTED", "CANCELED", "BACKEND", "OTHER"}
+
+
+def test_alert_unit_tests_hold_a_load_failure_born_at_one() -> None:
+    """The usual incident: a bad new version whose failure counter is first scraped at 1
+    (no 0 before it). Its test must exist in exactly that shape."""
+    shapes = [
+        series["values"]
+        for case in yaml.safe_load(ALERT_TESTS.read_text())["tests"]
+        for series in case["input_series"]
+        if series["series"].startswith("servekit_model_load_failures_total")
+    ]
+    assert any(re.fullmatch(r"(_ )+1x\d+", v) for v in shapes), shapes
 
 
 def test_every_alert_has_a_unit_test() -> None:
@@ -73,6 +126,8 @@ def test_every_alert_has_a_unit_test() -> None:
         "ServekitQueueSaturated",
         "ServekitHighLatencyP99",
         "ServekitModelNotReady",
+        "ServekitModelLoadFailed",
+        "ServekitAbsent",
     }
     assert alerts == tested, f"alerts never seen firing in a unit test: {alerts - tested}"
 
