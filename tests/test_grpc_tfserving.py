@@ -291,9 +291,9 @@ def bad_cases() -> list[tuple[str, predict_pb2.PredictRequest, grpc.StatusCode, 
         ("unknown-version", request("digits", {"pixels": x}, version=7), nf, ["no version 7"]),
         (
             "over-max-batch",
-            request("digits", {"pixels": np.zeros((33, 64), np.float32)}),
+            request("digits", {"pixels": np.zeros((4097, 64), np.float32)}),
             inv,
-            ["33 rows", "max_batch_size 32"],
+            ["4097 rows", "max_request_rows 4096"],
         ),
     ]
 

@@ -103,9 +103,9 @@ CASES = [
     (
         "over-max-batch",
         "/v1/models/digits:predict",
-        {"instances": [ROW] * 33},
+        {"instances": [ROW] * 4097},
         400,
-        ["33 rows", "max_batch_size 32"],
+        ["4097 rows", "max_request_rows 4096"],
     ),
     (
         "both-formats",

@@ -307,9 +307,9 @@ CASES: list[tuple[str, str, dict[str, Any], int, list[str]]] = [
     (
         "over-max-batch",
         DIGITS,
-        json_body({"inputs": [{**PIXELS, "shape": [33, 64], "data": ROW_JSON * 33}]}),
+        json_body({"inputs": [{**PIXELS, "shape": [4097, 64], "data": ROW_JSON * 4097}]}),
         400,
-        ["33 rows", "max_batch_size 32"],
+        ["4097 rows", "max_request_rows 4096"],
     ),
     # -- outputs
     (
