@@ -6,10 +6,13 @@ import contextlib
 import json
 import logging
 import os
+import signal
+import socket
 import ssl
 import sys
-from collections.abc import Iterator
+from logging.handlers import MemoryHandler
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -21,6 +24,7 @@ from servekit.bench import bench as bench_command
 from servekit.config import ModelConfig, ServerSettings, load_settings
 from servekit.errors import ServekitError
 from servekit.optimize.command import optimize as optimize_command
+from servekit.server.httpserver import uvicorn_options
 from servekit.terminal import console, fail, print_error
 
 app = typer.Typer(
@@ -88,15 +92,100 @@ def _tls_options(settings: ServerSettings) -> dict[str, Any]:
     return opts
 
 
+def _check_tls(settings: ServerSettings) -> None:
+    """Load the certificate, key and CA bundle as uvicorn will, so that a missing file or
+    a key that does not match its certificate fails here, in one line."""
+    if settings.ssl_certfile is None:
+        return
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(str(settings.ssl_certfile), str(settings.ssl_keyfile))
+    except (OSError, ssl.SSLError) as e:
+        fail(
+            f"cannot use TLS certificate {settings.ssl_certfile} with key "
+            f"{settings.ssl_keyfile}: {_reason(e)}"
+        )
+    if settings.ssl_ca_certs is not None:
+        try:
+            context.load_verify_locations(str(settings.ssl_ca_certs))
+        except (OSError, ssl.SSLError) as e:
+            fail(f"cannot use CA bundle {settings.ssl_ca_certs}: {_reason(e)}")
+
+
+def _reason(e: OSError) -> str:
+    """What an OSError or ssl.SSLError says, without its number."""
+    return str(e.strerror or e.reason if isinstance(e, ssl.SSLError) else e.strerror or e)
+
+
+def _check_port(host: str, port: int) -> None:
+    """Bind the address once, as uvicorn will, so a port in use fails here in one line.
+    (Another process could take it in between: then uvicorn's own error says so.)"""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            fail(f"cannot listen on {host}:{port}: {e.strerror or e}")
+
+
+class _StartupLog:
+    """Holds the log records written while the server starts: written out once the app
+    has started (``release``), dropped if start-up fails, so that a failure is the one
+    line the command prints, as for every other command."""
+
+    def __init__(self) -> None:
+        self.held: list[tuple[logging.Logger, logging.Handler, MemoryHandler]] = []
+
+    def __enter__(self) -> _StartupLog:
+        loggers = [logging.getLogger()] + [
+            lg
+            for lg in logging.getLogger().manager.loggerDict.values()
+            if isinstance(lg, logging.Logger)
+        ]
+        for logger in loggers:
+            for handler in list(logger.handlers):
+                memory = MemoryHandler(100_000, flushLevel=logging.CRITICAL + 1, target=handler)
+                memory.setLevel(handler.level)
+                logger.removeHandler(handler)
+                logger.addHandler(memory)
+                self.held.append((logger, handler, memory))
+        return self
+
+    def release(self) -> None:
+        """Write what was held, and log directly from now on."""
+        self._restore(flush=True)
+
+    def _restore(self, flush: bool) -> None:
+        held, self.held = self.held, []
+        for logger, handler, memory in held:
+            logger.removeHandler(memory)
+            logger.addHandler(handler)
+        if flush:  # in the order they were written, whichever logger wrote them
+            records = [(r, handler) for _, handler, memory in held for r in memory.buffer]
+            for record, handler in sorted(records, key=lambda rh: rh[0].created):
+                if record.levelno >= handler.level:
+                    handler.handle(record)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._restore(flush=False)
+
+
 class _DrainingServer(uvicorn.Server):
     """uvicorn re-raises SIGTERM after a graceful shutdown, so the process dies of the
-    signal (exit -15). A drained shutdown is a success for servekit: exit 0."""
+    signal (exit -15). A drained shutdown is a success for servekit: exit 0.
 
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        with super().capture_signals():
-            yield
-            self._captured_signals.clear()
+    So the signal handler only asks for the shutdown, through uvicorn's public
+    ``should_exit`` and ``force_exit`` (a second Ctrl-C forces it, as in uvicorn), and
+    keeps no signal to re-raise."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        else:
+            self.should_exit = True
 
 
 @app.command()
@@ -145,6 +234,46 @@ def serve(
             help="In explicit mode: a model to load at start (repeat); '*' loads every model.",
         ),
     ] = None,
+    strict_readiness: Annotated[
+        bool | None,
+        typer.Option(
+            "--strict-readiness/--no-strict-readiness",
+            help="Ready only when every model is ready [default: off: ready once the "
+            "models that loaded serve].",
+            show_default=False,
+        ),
+    ] = None,
+    exit_on_error: Annotated[
+        bool | None,
+        typer.Option(
+            "--exit-on-error/--no-exit-on-error",
+            help="Fail start-up if any model fails to load [default: off].",
+            show_default=False,
+        ),
+    ] = None,
+    drain_timeout: Annotated[
+        float | None,
+        typer.Option(help="Seconds to finish accepted requests at shutdown [default: 30].", min=0),
+    ] = None,
+    timeout_keep_alive: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds an idle keep-alive connection stays open; keep it above the idle "
+            "timeout of a load balancer in front [default: 75].",
+        ),
+    ] = None,
+    max_header_bytes: Annotated[
+        int | None,
+        typer.Option(help="Request header section in bytes at most, 431 above [default: 65536]."),
+    ] = None,
+    max_header_count: Annotated[
+        int | None,
+        typer.Option(help="Request header fields at most, 431 above [default: 100]."),
+    ] = None,
+    max_url_bytes: Annotated[
+        int | None,
+        typer.Option(help="Request target in bytes at most, 414 above [default: 8192]."),
+    ] = None,
 ) -> None:
     """Serve a model (or the bundled demo) over HTTP and gRPC.
 
@@ -173,6 +302,13 @@ def serve(
             model_control_mode=model_control_mode,
             poll_interval_s=poll_interval,
             load_models=load_model or None,
+            strict_readiness=strict_readiness,
+            exit_on_error=exit_on_error,
+            drain_timeout_s=drain_timeout,
+            timeout_keep_alive_s=timeout_keep_alive,
+            max_header_bytes=max_header_bytes,
+            max_header_count=max_header_count,
+            max_url_bytes=max_url_bytes,
         )
         if settings.model_path is not None:
             from servekit.repository import scan
@@ -180,6 +316,8 @@ def serve(
             scan(settings.model_path)  # fail here, in one line, on a bad path
     except ServekitError as e:
         fail(str(e))
+    _check_tls(settings)
+    _check_port(settings.host, settings.port)
     env = settings.model_dump(
         mode="json", exclude_defaults=True, exclude={"admin_token", "api_keys"}
     )
@@ -197,8 +335,8 @@ def serve(
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level,
-        "timeout_graceful_shutdown": int(settings.drain_timeout_s) or None,
         "access_log": settings.access_log,
+        **uvicorn_options(settings),
         **_tls_options(settings),
     }
     if workers > 1:
@@ -210,10 +348,22 @@ def serve(
                 serve_metrics_port(settings.host, settings.metrics_port, None)
             uvicorn.run(APP_FACTORY, workers=workers, **config_kwargs)
     else:
-        server = _DrainingServer(uvicorn.Config(APP_FACTORY, **config_kwargs))
-        server.run()
+        # The app is made here (from the same settings the factory would read), so
+        # that a failed start-up can be told in one line, by this command.
+        from servekit.server.app import create_app
+
+        config_kwargs["factory"] = False
+        served = create_app(settings)
+        served.report_startup_failure = False
+        server = _DrainingServer(uvicorn.Config(served, **config_kwargs))
+        with _StartupLog() as startup_log:
+            served.on_started = startup_log.release
+            with contextlib.suppress(SystemExit):  # uvicorn exits on a failed start-up
+                server.run()
         if not server.started:
-            raise typer.Exit(3)
+            if served.startup_error is None:  # not the app's start-up: show what was said
+                startup_log.release()
+            fail(f"servekit did not start: {served.startup_error or 'see the log above'}")
 
 
 @app.command()

@@ -7,7 +7,7 @@ variables, the YAML file given with ``--config``, then the defaults below.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 import yaml
 from pydantic import (
@@ -67,8 +67,16 @@ class ModelConfig(BaseModel):
     batch_buckets: list[int] | None = Field(
         None, description="Batch sizes allocated at warm-up; batches are padded up to one."
     )
-    instances: int = Field(1, ge=1, le=64, description="Interpreter instances (threads).")
-    threads_per_instance: int = Field(1, ge=1, le=64, description="TFLite threads each.")
+    instances: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
+        "auto",
+        description="Runtime instances, each in its own thread; 'auto': sized at load from "
+        "the usable CPUs and the model's warm-up timings (docs/performance.md).",
+    )
+    threads_per_instance: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
+        "auto",
+        description="Runtime threads of each instance (TFLite num_threads, ONNX Runtime "
+        "intra-op threads); 'auto': sized with instances.",
+    )
     onnx_graph_optimization: GraphOptimization = Field(
         "all",
         description="ONNX Runtime's graph optimizations at load (backend onnx): 'basic' "
@@ -120,7 +128,7 @@ class ModelConfig(BaseModel):
                 f"max_queue_delay_ms ({self.max_queue_delay_ms}) must be below timeout_ms "
                 f"({self.timeout_ms})"
             )
-        if self.execution == "inline" and self.instances > 1:
+        if self.execution == "inline" and self.instances != "auto" and self.instances > 1:
             raise ValueError(
                 f"execution 'inline' runs on the event loop, one instance at a time: "
                 f"instances must be 1 (got {self.instances})"
@@ -173,6 +181,21 @@ class ServerSettings(BaseSettings):
         0.001, gt=0, description="sys.setswitchinterval: how soon workers get the GIL back."
     )
     drain_timeout_s: float = Field(30.0, ge=0, description="Time to finish work at shutdown.")
+    max_header_bytes: int = Field(
+        64 * 1024, ge=1024, description="Request header section in bytes at most; 431 above."
+    )
+    max_header_count: int = Field(
+        100, ge=1, description="Request header fields at most; 431 above."
+    )
+    max_url_bytes: int = Field(
+        8 * 1024, ge=256, description="Request target (path and query) in bytes at most; 414 above."
+    )
+    timeout_keep_alive_s: float = Field(
+        75.0,
+        gt=0,
+        description="Idle keep-alive connections close after this; keep it above the "
+        "idle timeout of any load balancer in front (60 s on most).",
+    )
     access_log: bool = Field(False, description="Log every HTTP request (uvicorn access log).")
     api_keys: list[SecretStr] = Field(
         default_factory=list,
@@ -222,6 +245,17 @@ class ServerSettings(BaseSettings):
     )
     admin_token: SecretStr | None = Field(
         None, description="Bearer token of the management API; unset disables the API."
+    )
+    strict_readiness: bool = Field(
+        False,
+        description="Ready only when every model is ready (Triton's default); off: ready "
+        "once start-up loading is over and at least one model serves, so one model that "
+        "fails does not take the others out of a load balancer.",
+    )
+    exit_on_error: bool = Field(
+        False,
+        description="Fail start-up if any model fails to load (Triton's default); off: "
+        "serve the others and report the failure (log, index, /v1/models, metrics).",
     )
 
     @model_validator(mode="after")

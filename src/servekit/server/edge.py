@@ -24,13 +24,16 @@ request every ``RECHECK_S`` to ask again (a provider set later applies within th
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from servekit.server.httpserver import HttpLimits, head_refusal
 from servekit.server.inference import InferenceRouter
 
 try:  # FastAPI >= 0.160
@@ -93,6 +96,33 @@ class Dispatcher:
         await self.fastapi(scope, receive, send)
 
 
+def _one_line(e: BaseException) -> str:
+    """An exception as one line: servekit's own errors as their message, others with
+    their type (a start-up failure that is not servekit's is a bug worth naming)."""
+    from servekit.errors import ServekitError
+
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if isinstance(e, ServekitError) else f"{type(e).__name__}: {text}"
+
+
+async def _answer(
+    send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    body = json.dumps({"error": message}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
 class ServekitAPI(FastAPI):
     """The app uvicorn runs: FastAPI (routes, documentation, lifespan), entered by HTTP
     requests through servekit's own layers (``edge``, set by ``create_app``)."""
@@ -100,16 +130,75 @@ class ServekitAPI(FastAPI):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.edge: ASGIApp | None = None  # None: FastAPI's own entry, as a plain FastAPI
+        # The request-head limits, checked here whatever HTTP parser runs (httptools
+        # refuses earlier, in server/httpserver.py; h11 bounds only the head's bytes).
+        self.limits = HttpLimits()
+        # Why start-up failed, in one line (the CLI prints it). ``report_startup_failure``
+        # off: the server is not told (the CLI says it instead, once).
+        self.startup_error: str | None = None
+        self.report_startup_failure = True
+        self.on_started: Callable[[], None] | None = None  # called once models are loaded
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         edge = self.edge
-        if edge is None or scope["type"] != "http":  # the lifespan is FastAPI's
+        if scope["type"] == "lifespan":
+            await self._lifespan(scope, receive, send)
+            return
+        if edge is None or scope["type"] != "http":
             await super().__call__(scope, receive, send)
+            return
+        refusal = head_refusal(scope, self.limits)
+        if refusal is not None:
+            await _answer(send, *refusal)
             return
         if self.root_path:  # as FastAPI does: the edge matches paths below it
             scope["root_path"] = self.root_path
         scope["app"] = self  # as Starlette does: route names for the metrics' labels
-        await edge(scope, receive, send)
+        started = False
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await edge(scope, receive, tracked_send)
+        except asyncio.CancelledError:
+            # The server gave up on this request: at shutdown, uvicorn cancels what
+            # the drain timeout cut. Its result, if any, is lost: say so with a 503
+            # the client may retry (elsewhere), not a 500 and a traceback.
+            if started:
+                raise
+            await _answer(
+                send,
+                503,
+                "server shutting down: the request was stopped before it finished",
+                [(b"retry-after", b"1"), (b"connection", b"close")],
+            )
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """FastAPI's lifespan, but a failed start-up is reported in one line: Starlette
+        sends the server a whole traceback, which uvicorn prints as an error."""
+        failed = False
+
+        async def one_line_failure(message: Message) -> None:
+            nonlocal failed
+            if message["type"] == "lifespan.startup.failed":
+                failed = True  # sent below, once the exception is known
+                return
+            if message["type"] == "lifespan.startup.complete" and self.on_started is not None:
+                self.on_started()
+            await send(message)
+
+        try:
+            await super().__call__(scope, receive, one_line_failure)
+        except BaseException as e:
+            if not failed:
+                raise
+            self.startup_error = _one_line(e)
+            message = self.startup_error if self.report_startup_failure else ""
+            await send({"type": "lifespan.startup.failed", "message": message})
+            raise
 
     async def fastapi(self, scope: Scope, receive: Receive, send: Send) -> None:
         """FastAPI's own handling of a request: its telemetry, middleware and router."""
