@@ -196,6 +196,17 @@ class Metrics:
         self.load_failures = Counter(
             "servekit_model_load_failures", "Model versions that failed to load.", mv, registry=r
         )
+        self.load_failing = Gauge(
+            "servekit_model_load_failing",
+            "1 while the newest copy of a model version's files failed to load (set back "
+            "to 0 once they change and load), whether or not an older copy still serves; "
+            "version '' for a model that has nothing to load (invalid config.yaml, a file "
+            "linking out of the repository, no version). The reason is in the repository "
+            "index and /v1/models.",
+            mv,
+            registry=r,
+            multiprocess_mode="livemax",
+        )
 
     def for_model(self, model: str, version: str) -> ModelMetrics:
         return ModelMetrics(self, model, version)
@@ -304,6 +315,9 @@ class ModelMetrics:
 
     def load_failed(self) -> None:
         self.m.load_failures.labels(self.model, self.version).inc()
+
+    def load_failing(self, failing: bool) -> None:
+        self.m.load_failing.labels(self.model, self.version).set(1 if failing else 0)
 
 
 def model_statistics(

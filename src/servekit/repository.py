@@ -1,9 +1,14 @@
 """Model repository and registry: which models exist, which are loaded, and their state.
 
-A repository is a folder ``<repo>/<model>/<version>/<model file>`` (``model.tflite``,
-``model.onnx``: one per runtime in ``servekit.runtime.BACKENDS``) with an optional
-``<repo>/<model>/config.yaml``; version folders are positive integers. A single model
-file is served as model ``<file stem>``, version 1.
+A repository is a folder of models in any of these layouts, side by side:
+
+- ``<repo>/<model>/<version>/<model file>`` (``model.tflite``, ``model.onnx``: one per
+  runtime in ``servekit.runtime.BACKENDS``), version folders being positive integers;
+- ``<repo>/<model>/<model file>``, no version folder: version 1;
+- ``<repo>/<name>.tflite`` (or ``.onnx``): model ``<name>``, version 1.
+
+A model folder may hold a ``config.yaml``. A single model file is served as model
+``<file stem>``, version 1.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import contextlib
 import functools
 import json
 import logging
+import math
+import os
 import re
 import time
 from collections.abc import Coroutine, Mapping, Sequence
@@ -55,6 +62,8 @@ class ModelSource:
     config_path: Path | None
     # An example request body (TF Serving row format) shown in /docs, if the model has one.
     sample_request_path: Path | None = None
+    # Where warm-up samples may be (``warmup/<input>.npy``), first found wins.
+    warmup_dirs: tuple[Path, ...] = ()
 
 
 def check_name(name: str) -> str:
@@ -67,17 +76,21 @@ def check_name(name: str) -> str:
 
 
 def scan_model_dir(model_dir: Path) -> list[ModelSource]:
-    """The versions found under one model folder, oldest first."""
+    """The versions found under one model folder, oldest first: its version folders, or
+    else a model file directly in the folder, as version 1."""
     name = model_dir.name
     config = model_dir / CONFIG_FILE
+    config_path = config if config.exists() else None
     sample = model_dir / SAMPLE_FILE
+    sample_path = sample if sample.is_file() else None
     out = [
         ModelSource(
             name,
             int(v.name),
             model_file,
-            config if config.exists() else None,
-            sample if sample.is_file() else None,
+            config_path,
+            sample_path,
+            (v / WARMUP_DIR, model_dir / WARMUP_DIR),
         )
         for v in model_dir.iterdir()
         if v.is_dir()
@@ -85,11 +98,41 @@ def scan_model_dir(model_dir: Path) -> list[ModelSource]:
         and int(v.name) > 0
         and (model_file := _model_file(v)) is not None
     ]
+    if not out and (direct := _model_file(model_dir)) is not None:
+        return [ModelSource(name, 1, direct, config_path, sample_path, (model_dir / WARMUP_DIR,))]
     return sorted(out, key=lambda s: s.version)
 
 
 def _model_file(version_dir: Path) -> Path | None:
     return next((f for name in model_files() if (f := version_dir / name).is_file()), None)
+
+
+def _model_suffixes() -> tuple[str, ...]:
+    return tuple(Path(name).suffix for name in model_files())
+
+
+def file_source(path: Path) -> ModelSource:
+    """A model file served on its own, or lying directly in a repository folder: model
+    ``<file stem>``, version 1, with ``<stem>.sample_request.json`` beside it."""
+    sample = path.with_name(f"{path.stem}.{SAMPLE_FILE}")
+    return ModelSource(check_name(path.stem), 1, path, None, sample if sample.is_file() else None)
+
+
+def repository_entries(root: Path) -> dict[str, Path]:
+    """Every model a repository folder offers, by name: its folder, or its file for a
+    model file lying directly in the repository (a folder of the same name wins)."""
+    entries: dict[str, Path] = {}
+    files: list[Path] = []
+    for p in sorted(root.iterdir()):
+        if p.is_dir():
+            if NAME_RE.match(p.name):
+                entries[p.name] = p
+        elif p.suffix in _model_suffixes() and NAME_RE.match(p.stem) and ".." not in p.stem:
+            files.append(p)
+    order = _model_suffixes()
+    for p in sorted(files, key=lambda f: order.index(f.suffix)):  # .tflite before .onnx
+        entries.setdefault(p.stem, p)
+    return entries
 
 
 def scan(path: Path) -> list[ModelSource]:
@@ -99,25 +142,23 @@ def scan(path: Path) -> list[ModelSource]:
             backend_for_file(path)
         except BadInput as e:
             raise BadInput(f"{e}, or a model repository folder") from None
-        sample = next(
-            (
-                p
-                for p in (path.with_name(f"{path.stem}.{SAMPLE_FILE}"), path.parent / SAMPLE_FILE)
-                if p.is_file()
-            ),
-            None,
+        source = file_source(path)
+        sample = source.sample_request_path or (
+            path.parent / SAMPLE_FILE if (path.parent / SAMPLE_FILE).is_file() else None
         )
-        return [ModelSource(check_name(path.stem), 1, path, None, sample)]
+        # Served on its own, a file may be a repository's <model>/<version>/ file.
+        warmup = (path.parent / WARMUP_DIR, path.parent.parent / WARMUP_DIR)
+        return [ModelSource(source.name, 1, path, None, sample, warmup)]
     if not path.is_dir():
         raise BadInput(f"model path {path} does not exist")
     sources: list[ModelSource] = []
-    for model_dir in sorted(p for p in path.iterdir() if p.is_dir()):
-        if NAME_RE.match(model_dir.name):
-            sources.extend(scan_model_dir(model_dir))
+    for entry in repository_entries(path).values():
+        sources.extend(scan_model_dir(entry) if entry.is_dir() else [file_source(entry)])
     if not sources:
         raise BadInput(
             f"no models in {path}: expected <repo>/<model>/<version>/<one of "
-            f"{list(model_files())}> or a model file"
+            f"{list(model_files())}>, <repo>/<model>/<model file>, <repo>/<name>"
+            f"{' or <repo>/<name>'.join(_model_suffixes())}, or a model file"
         )
     return sources
 
@@ -149,10 +190,12 @@ class ServedModel:
     _pool: InstancePool | None = None
     _batcher: Batcher | None = None
     _closing: asyncio.Task[None] | None = None
-    source_mtime: float = -1.0
+    # Public reasons name files relative to this folder (the repository), not absolutely.
+    root: Path | None = None
+    fingerprint: Fingerprint = ()
 
     def __post_init__(self) -> None:
-        self.source_mtime = _mtime(self.source.path)
+        self.fingerprint = fingerprint(self.source)
 
     @property
     def name(self) -> str:
@@ -168,6 +211,12 @@ class ServedModel:
         if self.config.backend is None:
             return backend_for_file(self.source.path), self.source.path
         backend = backend_named(self.config.backend)
+        if self.source.path.name not in model_files():  # <repo>/<name>.onnx: this file only
+            if backend is not backend_for_file(self.source.path):
+                raise BadInput(
+                    f"backend '{self.config.backend}' cannot serve {self.source.path.name}"
+                )
+            return backend, self.source.path
         return backend, self.source.path.with_name(backend.model_file)
 
     @property
@@ -282,7 +331,7 @@ class ServedModel:
             self._closing = asyncio.get_running_loop().create_task(self._batcher.close())
 
     def _set_state(self, state: str, reason: str = "") -> None:
-        self.state, self.reason = state, reason
+        self.state, self.reason = state, relative_message(reason, self.root)
         self.metrics.for_model(self.name, str(self.version)).state(state)
 
     def refresh_metrics(self) -> None:
@@ -382,7 +431,7 @@ class ServedModel:
 
 def read_warmup_samples(source: ModelSource) -> dict[str, Array] | None:
     """Sample inputs for warm-up: ``warmup/<input>.npy`` in the version or model folder."""
-    for folder in (source.path.parent / WARMUP_DIR, source.path.parent.parent / WARMUP_DIR):
+    for folder in source.warmup_dirs:
         if folder.is_dir():
             samples = {}
             for f in sorted(folder.glob("*.npy")):
@@ -400,12 +449,27 @@ def _batch_dim(spec: TensorSpec) -> TensorSpec:
     return TensorSpec(spec.name, spec.dtype, (-1, *spec.shape[1:]), spec.quantization, spec.index)
 
 
+class ModelUnavailable(NotReady):
+    """No version of the model can serve and none is on its way (it failed to load, or
+    has nothing to load): a retry at once cannot help. ``retry_after_s``: when one may
+    (the next repository poll), or None when only an operator can change it."""
+
+    def __init__(self, message: str, retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class ModelRegistry:
     """Name → version → ServedModel, kept in line with the repository.
 
     Requests without a version get the newest ready one. A new version is loaded and
     warmed before it takes traffic; a version leaving is drained before its
     interpreters are freed. Load, unload and poll run one at a time (``_lock``).
+
+    A failure is logged once, and tried again only once the files change: a model that
+    has nothing to load keeps its reason in ``_errors``, a changed file that failed while
+    the copy before it serves on keeps its reason in ``_failed``; both show in the index,
+    in ``model_list()`` and in ``servekit_model_load_failing``.
     """
 
     def __init__(
@@ -414,14 +478,24 @@ class ModelRegistry:
         default_config: ModelConfig | None = None,
         *,
         drain_timeout_s: float = 30.0,
+        strict_readiness: bool = False,
+        exit_on_error: bool = False,
     ) -> None:
         self.metrics = metrics
         self.default_config = default_config or ModelConfig()
         self.drain_timeout_s = drain_timeout_s
+        self.strict_readiness = strict_readiness
+        self.exit_on_error = exit_on_error
         self.root: Path | None = None  # the repository folder; None when serving one file
+        self.poll_interval_s: float | None = None  # set while polling
+        self._public_root: Path | None = None  # public messages name files relative to it
+        self._started = False
         self._models: dict[str, dict[int, ServedModel]] = {}
         self._due: set[str] = set()  # models that must be ready for the server to be ready
         self._pinned_unloaded: set[str] = set()  # unloaded through the API: poll leaves them
+        self._errors: dict[str, str] = {}  # model → why it has nothing to load
+        # (model, version) → the files that failed to load while an older copy serves
+        self._failed: dict[tuple[str, int], tuple[Fingerprint, str]] = {}
         self._lock = asyncio.Lock()
 
     def config_for(
@@ -447,123 +521,209 @@ class ModelRegistry:
 
     async def start(self, path: Path, load_models: Sequence[str] = (), mode: str = "none") -> None:
         """Load what is due at start: every model (none/poll) or ``load_models``
-        (explicit; ``*`` for every model)."""
+        (explicit; ``*`` for every model). A model that fails is logged and shown in the
+        index; with ``exit_on_error`` start-up fails instead, naming every failure."""
         if path.is_file():  # noqa: ASYNC240 - one stat at start-up
             (source,) = scan(path)
+            self._public_root = path.parent
             self._due.add(source.name)
             await self._load_versions([source], self.config_for(source))
+            self._started = True
             return
-        self.root = path
+        self.root = self._public_root = path
         # In explicit mode, '*' loads every model of the repository, as Triton's
         # --load-model=* does.
         every = mode != "explicit" or "*" in load_models
         names = self.repository_names() if every else list(load_models)
         if every and not names:
             scan(path)  # raises the "no models" error
+        failures = []
         for name in names:
             self._due.add(check_name(name))
-            with contextlib.suppress(ServekitError):  # reported in the index; others go on
+            try:
                 await self.sync_model(name)
+            except ServekitError as e:  # logged once by sync_model; the others go on
+                failures.append(str(e))
+        if failures and self.exit_on_error:
+            await self.close(0)
+            raise BadInput(
+                f"{len(failures)} model(s) failed to load, and exit_on_error is set: "
+                + "; ".join(failures)
+            )
+        self._started = True
 
     # -- repository ------------------------------------------------------------------
 
     def repository_names(self) -> list[str]:
         if self.root is None:
             return sorted(self._models)
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and NAME_RE.match(p.name))
+        return sorted(repository_entries(self.root))
 
-    def model_dir(self, name: str) -> Path:
-        """The folder of a model, refusing names and symlinks that lead out of the repository."""
+    def model_entry(self, name: str) -> Path:
+        """The folder of a model (or its file, lying in the repository), refusing names
+        and symlinks that lead out of the repository."""
         if self.root is None:
             raise Forbidden("serving a single model file: there is no repository to load from")
         check_name(name)
         root = self.root.resolve()
-        folder = (root / name).resolve()
-        if not folder.is_relative_to(root) or folder == root:
+        entry = root / name
+        if not entry.is_dir():
+            found = repository_entries(root).get(name)
+            if found is not None:
+                entry = found
+        resolved = entry.resolve()
+        if not resolved.is_relative_to(root) or resolved == root:
             raise BadInput(f"model '{name}' resolves outside the model repository")
-        if not folder.is_dir():
+        if not resolved.exists():
             raise NotFound(
                 f"no model '{name}' in the repository; models: {self.repository_names()}"
             )
-        return folder
+        return resolved
 
     def _sources(self, name: str) -> list[ModelSource]:
-        folder = self.model_dir(name)
-        root = self.root.resolve() if self.root else folder
-        sources = scan_model_dir(folder)
+        entry = self.model_entry(name)
+        root = self.root.resolve() if self.root else entry
+        sources = scan_model_dir(entry) if entry.is_dir() else [file_source(entry)]
         for src in sources:
             if not src.path.resolve().is_relative_to(root):
                 raise BadInput(f"model '{name}' version {src.version} links outside the repository")
         return sources
 
+    def _public(self, message: str) -> str:
+        return relative_message(message, self._public_root)
+
     # -- load / unload ---------------------------------------------------------------
 
-    async def sync_model(self, name: str, override: dict[str, Any] | None = None) -> None:
+    async def sync_model(
+        self, name: str, override: dict[str, Any] | None = None, *, poll: bool = False
+    ) -> None:
         """Bring one model's loaded versions in line with its folder and version policy.
 
         New or changed versions are loaded and warmed first; only then are versions no
         longer wanted drained and unloaded, so traffic always has a ready version.
+        Versions whose files are gone from the repository are unloaded in any case (as
+        TF Serving does), even the last one: ``poll`` (the repository poll) unloads a
+        model whose folder has no version left.
         """
         async with self._lock:
             self._pinned_unloaded.discard(name)
-            sources = self._sources(name)
-            if not sources:
-                raise NotFound(
-                    f"model '{name}' has no versions: expected {name}/<version>/<one of "
-                    f"{list(model_files())}>"
-                )
-            config = self.config_for(sources[0], override)
+            try:
+                sources = self._sources(name)
+                if not sources:
+                    gone = bool(poll and self._models.get(name))
+                    if gone:
+                        await self._unload_versions(name)
+                    raise NotFound(
+                        f"model '{name}' has no versions: expected {name}/<version>/<one of "
+                        f"{list(model_files())}> or {name}/<one of {list(model_files())}>"
+                        + (
+                            "; the versions removed from the repository were unloaded"
+                            if gone
+                            else ""
+                        )
+                    )
+                config = self.config_for(sources[0], override)
+            except ServekitError as e:
+                e.args = (self._public(str(e)),)
+                if name in self.repository_names():
+                    self._model_error(name, str(e))
+                elif not poll:
+                    log.error("model %s: %s", name, e)
+                raise
+            self._model_error(name, None)
             await self._load_versions(
-                select_versions(sources, config), config, override is not None
+                select_versions(sources, config),
+                config,
+                override is not None,
+                on_disk={s.version for s in sources},
             )
 
+    def _model_error(self, name: str, reason: str | None) -> None:
+        """Record (or clear, None) why a model has nothing to load; logged when it changes."""
+        if reason is None:
+            if self._errors.pop(name, None) is not None:
+                self.metrics.for_model(name, "").load_failing(False)
+            return
+        if self._errors.get(name) != reason:
+            log.error("model %s cannot be loaded: %s", name, reason)
+            self._errors[name] = reason
+            self.metrics.for_model(name, "").load_failing(True)
+
     async def _load_versions(
-        self, wanted: list[ModelSource], config: ModelConfig, force: bool = False
+        self,
+        wanted: list[ModelSource],
+        config: ModelConfig,
+        force: bool = False,
+        on_disk: set[int] | None = None,
     ) -> None:
         name = wanted[0].name if wanted else ""
         current = self._models.setdefault(name, {})
         failures = []
         for source in wanted:
+            key = (name, source.version)
+            mm = self.metrics.for_model(name, str(source.version))
             old = current.get(source.version)
-            if old is not None and not force and old.source_mtime == _mtime(source.path):
+            files = fingerprint(source)
+            if old is not None and not force and old.fingerprint == files:
                 continue  # unchanged: loaded, or failed and not worth retrying
-            served = ServedModel(source, config, self.metrics)
+            failed = self._failed.get(key)
+            if failed is not None and not force and failed[0] == files:
+                continue  # this copy failed already (logged, in the index): wait for a change
+            served = ServedModel(source, config, self.metrics, root=self._public_root)
             if old is None or not old.ready:
                 current[source.version] = served  # shows as LOADING in the index
             try:
-                await served.load()
+                await served.load()  # logs its failure
             except Exception as e:
                 failures.append(f"version {source.version}: {e}")
+                mm.load_failing(True)
                 if old is not None and old.ready:
-                    continue  # the version already serving stays in place
+                    # The version already serving stays in place; the index says why the
+                    # new copy is not. Its state series were overwritten by the candidate's.
+                    self._failed[key] = (served.fingerprint, served.reason)
+                    old.refresh_metrics()
+                    continue
                 current[source.version] = served  # UNAVAILABLE, with the reason
                 continue
+            self._failed.pop(key, None)
+            mm.load_failing(False)
             current[source.version] = served  # swap in: the old one is no longer reachable
             if old is not None and old is not served and old.state != "UNAVAILABLE":
                 await old.unload(self.drain_timeout_s)
                 served.refresh_metrics()  # same labels: the old one's unload reset them
         keep = {s.version for s in wanted}
-        # Versions leave only once every wanted version is ready: a failed new version
-        # leaves the one serving now in place.
+        gone = {v for v in current if v not in keep and on_disk is not None and v not in on_disk}
+        # Versions leave only once every wanted version is ready (a failed new version
+        # leaves the one serving now in place), or when their files are gone.
         if all(current[v].ready for v in keep if v in current):
-            for version in [v for v in current if v not in keep]:
-                leaving = current.pop(version)
-                if leaving.state != "UNAVAILABLE":
-                    await leaving.unload(self.drain_timeout_s)
+            gone |= {v for v in current if v not in keep}
+        for version in sorted(gone):
+            await self._remove_version(name, version)
         if failures:
-            raise BadInput(f"model '{name}' failed to load: {'; '.join(failures)}")
+            raise BadInput(self._public(f"model '{name}' failed to load: {'; '.join(failures)}"))
+
+    async def _remove_version(self, name: str, version: int) -> None:
+        leaving = self._models.get(name, {}).pop(version, None)
+        if self._failed.pop((name, version), None) is not None or (
+            leaving is not None and not leaving.ready
+        ):
+            self.metrics.for_model(name, str(version)).load_failing(False)
+        if leaving is not None and leaving.state != "UNAVAILABLE":
+            await leaving.unload(self.drain_timeout_s)
+
+    async def _unload_versions(self, name: str) -> None:
+        for version in sorted(self._models.get(name, {})):
+            await self._remove_version(name, version)
+        self._models.pop(name, None)
 
     async def unload_model(self, name: str) -> None:
         """Drain and unload every version of a model."""
         async with self._lock:
-            versions = self._models.pop(name, None)
-            if versions is None:
+            if name not in self._models:
                 raise NotFound(f"model '{name}' is not loaded; loaded: {self.names()}")
             self._pinned_unloaded.add(name)
             self._due.discard(name)
-            for m in versions.values():
-                if m.state != "UNAVAILABLE":
-                    await m.unload(self.drain_timeout_s)
+            await self._unload_versions(name)
 
     async def load_model(self, name: str, override: dict[str, Any] | None = None) -> None:
         await self.sync_model(name, override)
@@ -573,16 +733,19 @@ class ModelRegistry:
         """One rescan: new and changed versions in, removed models and versions out."""
         on_disk = set(self.repository_names())
         for name in sorted(on_disk - self._pinned_unloaded):
-            try:
-                await self.sync_model(name)
-            except ServekitError as e:
-                log.warning("poll: %s", e)
+            self._due.add(name)  # the server serves what the repository holds
+            with contextlib.suppress(ServekitError):  # logged once; the index says why
+                await self.sync_model(name, poll=True)
         for name in sorted(set(self._models) - on_disk):
             with contextlib.suppress(NotFound):
                 await self.unload_model(name)
             self._pinned_unloaded.discard(name)
+        for name in (set(self._errors) | self._due) - on_disk:
+            self._model_error(name, None)
+            self._due.discard(name)
 
     async def poll_forever(self, interval_s: float) -> None:
+        self.poll_interval_s = interval_s
         while True:
             await asyncio.sleep(interval_s)
             try:
@@ -592,18 +755,30 @@ class ModelRegistry:
 
     # -- queries ---------------------------------------------------------------------
 
+    def _retry_after_s(self) -> int | None:
+        """When a failed model may serve again: after the next poll (if polling)."""
+        return math.ceil(self.poll_interval_s) if self.poll_interval_s else None
+
     def get(self, name: str, version: int | str | None = None) -> ServedModel:
         versions = self._models.get(name)
         if not versions:
+            if name in self._errors:
+                raise ModelUnavailable(
+                    f"model '{name}' cannot be served: {self._errors[name]}",
+                    self._retry_after_s(),
+                )
             raise NotFound(f"unknown model '{name[:128]}'; served models: {self.names()}")
         if version is None or version == "":
             ready = [m for v, m in sorted(versions.items()) if m.ready]
             if not ready:
                 newest = versions[max(versions)]
-                raise NotReady(
+                message = (
                     f"model '{name}' has no ready version ({newest.state}"
                     f"{': ' + newest.reason if newest.reason else ''})"
                 )
+                if newest.state == "UNAVAILABLE":
+                    raise ModelUnavailable(message, self._retry_after_s())
+                raise NotReady(message)
             return ready[-1]
         try:
             v = int(version)
@@ -621,6 +796,26 @@ class ModelRegistry:
     def all(self) -> list[ServedModel]:
         return [m for _, vs in sorted(self._models.items()) for _, m in sorted(vs.items())]
 
+    def _row(self, m: ServedModel) -> dict[str, str]:
+        reason = m.reason
+        failed = self._failed.get((m.name, m.version))
+        if failed is not None and m.ready:
+            reason = (
+                f"serving the copy loaded before: the changed files failed to load: {failed[1]}"
+            )
+        elif m.name in self._errors and m.ready:
+            reason = f"serving the copy loaded before: {self._errors[m.name]}"
+        return {"name": m.name, "version": str(m.version), "state": m.state, "reason": reason}
+
+    def model_list(self) -> list[dict[str, str]]:
+        """Every loaded model version with its state and reason, and every model of the
+        repository that has nothing to load, with why (version '')."""
+        rows = {(m.name, m.version): self._row(m) for m in self.all()}
+        for name, reason in self._errors.items():
+            if not self._models.get(name):
+                rows[(name, 0)] = _error_row(name, reason)
+        return [rows[k] for k in sorted(rows)]
+
     def index(self) -> list[dict[str, str]]:
         """Every model version in the repository or loaded, with its state and reason."""
         rows: dict[tuple[str, int], dict[str, str]] = {}
@@ -631,36 +826,58 @@ class ModelRegistry:
                         "name": name,
                         "version": str(src.version),
                         "state": "UNAVAILABLE",
-                        "reason": "not loaded",
+                        "reason": self._errors.get(name, "not loaded"),
                     }
             except ServekitError as e:
-                rows[(name, 0)] = {
-                    "name": name,
-                    "version": "",
-                    "state": "UNAVAILABLE",
-                    "reason": str(e),
-                }
+                rows[(name, 0)] = _error_row(name, self._public(str(e)))
+            if name in self._errors and not any(k[0] == name for k in rows):
+                rows[(name, 0)] = _error_row(name, self._errors[name])
         for m in self.all():
-            rows[(m.name, m.version)] = {
-                "name": m.name,
-                "version": str(m.version),
-                "state": m.state,
-                "reason": m.reason,
-            }
+            rows[(m.name, m.version)] = self._row(m)
         return [rows[k] for k in sorted(rows)]
 
     def ready(self) -> bool:
-        """True when every model due to load has at least one ready version."""
-        return bool(self._due) and all(
-            any(m.ready for m in self._models.get(name, {}).values()) for name in self._due
-        )
+        """Strict readiness: every model due has a ready version. Otherwise: start-up
+        loading is over and some model serves (one that failed does not hold back the
+        others; the index, /v1/models and the metrics show it)."""
+        if not self._started:
+            return False
+        if self.strict_readiness:
+            return bool(self._due) and all(
+                any(m.ready for m in self._models.get(name, {}).values()) for name in self._due
+            )
+        return any(m.ready for m in self.all())
 
     async def close(self, drain_timeout_s: float) -> None:
         await asyncio.gather(*(m.unload(drain_timeout_s) for m in self.all() if m.ready))
 
 
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return -1.0
+def _error_row(name: str, reason: str) -> dict[str, str]:
+    return {"name": name, "version": "", "state": "UNAVAILABLE", "reason": reason}
+
+
+# What tells one copy of a model's files from another: (mtime ns, size, inode) of each.
+Fingerprint = tuple[tuple[int, int, int], ...]
+
+
+def fingerprint(source: ModelSource) -> Fingerprint:
+    """The model file's and its config's stat: a load is tried again only once it changes."""
+    out = []
+    for path in (source.path, source.config_path):
+        try:
+            st = path.stat() if path is not None else None
+        except OSError:
+            st = None
+        out.append((st.st_mtime_ns, st.st_size, st.st_ino) if st is not None else (-1, -1, -1))
+    return tuple(out)
+
+
+def relative_message(message: str, root: Path | None) -> str:
+    """``message`` with paths inside ``root`` written relative to it: public answers (the
+    index, /v1/models, 503s) do not show where the server keeps its files."""
+    if root is None or not message:
+        return message
+    prefixes = {str(root), str(root.absolute()), str(root.resolve())} - {"", ".", os.sep}
+    for prefix in sorted(prefixes, key=len, reverse=True):
+        message = message.replace(prefix + os.sep, "").replace(prefix, ".")
+    return message

@@ -58,7 +58,11 @@ def create_app(settings: ServerSettings | None = None) -> ServekitAPI:
     settings = settings or ServerSettings()
     metrics = Metrics()
     registry = ModelRegistry(
-        metrics, settings.default_model_config, drain_timeout_s=settings.drain_timeout_s
+        metrics,
+        settings.default_model_config,
+        drain_timeout_s=settings.drain_timeout_s,
+        strict_readiness=settings.strict_readiness,
+        exit_on_error=settings.exit_on_error,
     )
 
     @asynccontextmanager
@@ -104,6 +108,7 @@ def create_app(settings: ServerSettings | None = None) -> ServekitAPI:
         await registry.close(settings.drain_timeout_s)
         if metrics_server is not None:
             await asyncio.to_thread(metrics_server.shutdown)
+            metrics_server.server_close()
 
     app = ServekitAPI(
         title="servekit",

@@ -60,7 +60,11 @@ def response_for(exc: Exception, method: str, path: str) -> Response:
         status = status_for(exc)
         headers = {}
         if isinstance(exc, Overloaded | NotReady):
-            headers["Retry-After"] = str(getattr(exc, "retry_after_s", 1))
+            # None: only an operator can change it (a model that failed to load), and a
+            # "retry in 1 s" would invite a retry storm.
+            retry_after = getattr(exc, "retry_after_s", 1)
+            if retry_after is not None:
+                headers["Retry-After"] = str(retry_after)
         if status == 401:
             headers["WWW-Authenticate"] = "Bearer"
         if isinstance(exc, BodyTooLarge):

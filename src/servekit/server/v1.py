@@ -250,12 +250,8 @@ def build_router() -> APIRouter:
 
     @router.get("/v1/models", response_model=list[ModelListEntry], summary="List served models")
     async def list_models(request: Request) -> Response:
-        return json_response(
-            [
-                {"name": m.name, "version": str(m.version), "state": m.state, "reason": m.reason}
-                for m in _plane(request).models()
-            ]
-        )
+        # The loaded versions, and the models that have nothing to load, with why.
+        return json_response(_plane(request).registry.model_list())
 
     @router.get(
         "/v1/models/{model_name:segment}",
