@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import json
 import struct
+import zlib
 
 import httpx
 import numpy as np
@@ -198,13 +199,402 @@ CASES: list[tuple[str, str, str, object, tuple[int, ...]]] = [
 ]
 
 
+def nested(depth: int, leaf: str = "1") -> str:
+    return "[" * depth + leaf + "]" * depth
+
+
+def deep_object(depth: int) -> bytes:
+    return ('{"a": ' * depth + "1" + "}" * depth).encode()
+
+
+def v2_json(header: dict[str, object]) -> tuple[bytes, dict[str, str]]:
+    return json.dumps(header).encode(), {"Content-Type": "application/json"}
+
+
+def v2_raw(text: str) -> tuple[bytes, dict[str, str]]:
+    return text.encode(), {"Content-Type": "application/json"}
+
+
+def header_length(value: bytes) -> tuple[bytes, dict[str, str | bytes]]:
+    """A V2 binary request whose Inference-Header-Content-Length is ``value`` (raw bytes:
+    the client would refuse or re-encode some of them)."""
+    head = json.dumps(v2_header([pixels(ROW)])).encode()
+    return head, {"Inference-Header-Content-Length": value, "Content-Type": "application/json"}
+
+
+def header_length_json(head: bytes) -> tuple[bytes, dict[str, str]]:
+    """A V2 binary request whose JSON header is ``head``, as sent."""
+    return head, {
+        "Inference-Header-Content-Length": str(len(head)),
+        "Content-Type": "application/octet-stream",
+    }
+
+
+def bin_header(header: dict[str, object], *tensors: bytes) -> tuple[bytes, dict[str, str]]:
+    return binary(header, *tensors)
+
+
+def bin_spec(shape: list[int], size: object, datatype: str = "FP32") -> dict[str, object]:
+    return {
+        "name": "pixels",
+        "shape": shape,
+        "datatype": datatype,
+        "parameters": {"binary_data_size": size},
+    }
+
+
+F32 = F32_ROW.tobytes()
+
+# The independent round's 12 requests that got a 500 (RecursionError or ValueError), and
+# their families: each must be a 400 that names the problem.
+CASES += [
+    ("v1-deep-array-600", "POST", PREDICT, nested(600).encode(), (400,)),
+    ("v1-deep-array-1000", "POST", PREDICT, nested(1000).encode(), (400,)),
+    ("v1-deep-object-500", "POST", PREDICT, deep_object(500), (400,)),
+    ("v1-deep-object-1000", "POST", PREDICT, deep_object(1000), (400,)),
+    (
+        "v1-instances-deep-600",
+        "POST",
+        PREDICT,
+        ('{"instances": ' + nested(600) + "}").encode(),
+        (400,),
+    ),
+    (
+        "v1-instances-deep-1000",
+        "POST",
+        PREDICT,
+        ('{"instances": ' + nested(1000) + "}").encode(),
+        (400,),
+    ),
+    (
+        "v1-instances-deep-objects",
+        "POST",
+        PREDICT,
+        ('{"instances": [' + deep_object(700).decode() + "]}").encode(),
+        (400,),
+    ),
+    (
+        "v1-inputs-deep-600",
+        "POST",
+        PREDICT,
+        ('{"inputs": {"pixels": ' + nested(600) + "}}").encode(),
+        (400,),
+    ),
+    (
+        "v1-deep-with-nan",  # NaN sends the body to the standard library's parser
+        "POST",
+        PREDICT,
+        ('{"instances": ' + nested(900, "NaN") + "}").encode(),
+        (400,),
+    ),
+    ("v1-deep-mixed", "POST", PREDICT, ('[{"a": ' * 400 + "1" + "}]" * 400).encode(), (400,)),
+    (
+        "v1-nesting-just-too-deep",
+        "POST",
+        PREDICT,
+        ('{"instances": ' + nested(30) + "}").encode(),
+        (400,),
+    ),
+    ("v2-deep-array-600", "POST", INFER, v2_raw(nested(600)), (400,)),
+    ("v2-deep-object-1000", "POST", INFER, deep_object(1000), (400,)),
+    (
+        "v2-data-deep-600",
+        "POST",
+        INFER,
+        v2_raw(
+            '{"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", '
+            '"data": ' + nested(600) + "}]}"
+        ),
+        (400,),
+    ),
+    (
+        "v2-parameters-deep-900",
+        "POST",
+        INFER,
+        v2_raw('{"inputs": [], "parameters": ' + deep_object(900).decode() + "}"),
+        (400,),
+    ),
+    (
+        "v2-binary-header-deep-600",
+        "POST",
+        INFER,
+        (nested(600).encode(), {"Inference-Header-Content-Length": str(1201)}),
+        (400,),
+    ),
+    (
+        "v2-binary-header-deep-object-1000",
+        "POST",
+        INFER,
+        (deep_object(1000), {"Inference-Header-Content-Length": str(len(deep_object(1000)))}),
+        (400,),
+    ),
+    ("v2-shape-100-dims", "POST", INFER, v2_header([pixels([1.0], shape=[1] * 100)]), (400,)),
+    ("v2-shape-65-dims", "POST", INFER, v2_header([pixels([1.0], shape=[1] * 65)]), (400,)),
+    ("v2-shape-17-dims", "POST", INFER, v2_header([pixels([1.0], shape=[1] * 17)]), (400,)),
+    (
+        "v2-shape-zero-then-huge",
+        "POST",
+        INFER,
+        v2_header([pixels([], shape=[0, 1099511627776, 1099511627776])]),
+        (400,),
+    ),
+    (
+        "v2-shape-huge-then-zero",
+        "POST",
+        INFER,
+        v2_header([pixels([], shape=[2**62, 2**62, 0])]),
+        (400,),
+    ),
+    ("v2-shape-uint64-max", "POST", INFER, v2_header([pixels([], shape=[0, 2**64 - 1])]), (400,)),
+    (
+        "v2-shape-past-uint64",
+        "POST",
+        INFER,
+        v2_raw(
+            '{"inputs": [{"name": "pixels", '
+            '"shape": [0, 99999999999999999999999], "datatype": "FP32", "data": []}]}'
+        ),
+        (400,),
+    ),
+    ("v2-shape-bool-dim", "POST", INFER, v2_header([pixels(ROW, shape=[True, 64])]), (400,)),
+    ("v2-shape-empty", "POST", INFER, v2_header([pixels([1.0], shape=[])]), (400,)),
+    ("v2-shape-zero-rows", "POST", INFER, v2_header([pixels([], shape=[0, 64])]), (400,)),
+    ("v2-shape-float-exp", "POST", INFER, v2_header([pixels(ROW, shape=[1e300, 64])]), (400,)),
+    (
+        "v2-binary-shape-zero-then-huge",
+        "POST",
+        INFER,
+        bin_header(v2_header([bin_spec([0, 2**40, 2**40], 0)])),
+        (400,),
+    ),
+    (
+        "v2-binary-shape-huge-then-zero",
+        "POST",
+        INFER,
+        bin_header(v2_header([bin_spec([2**62, 2**62, 0], 0)])),
+        (400,),
+    ),
+    (
+        "v2-binary-shape-100-dims",
+        "POST",
+        INFER,
+        bin_header(v2_header([bin_spec([1] * 100, 4)]), F32[:4]),
+        (400,),
+    ),
+    (
+        "v2-binary-shape-overflows-bytes",
+        "POST",
+        INFER,
+        bin_header(v2_header([bin_spec([2**40, 2**20], 256)]), F32),
+        (400,),
+    ),
+    ("header-length-superscript-two", "POST", INFER, header_length(b"\xb2"), (400,)),
+    ("header-length-superscript-one", "POST", INFER, header_length(b"1\xb9"), (400,)),
+    ("header-length-5000-digits", "POST", INFER, header_length(b"9" * 5000), (400,)),
+    ("header-length-plus", "POST", INFER, header_length(b"+10"), (400,)),
+    ("header-length-underscore", "POST", INFER, header_length(b"1_0"), (400,)),
+    ("header-length-hex", "POST", INFER, header_length(b"0x10"), (400,)),
+    ("header-length-float", "POST", INFER, header_length(b"10.0"), (400,)),
+    ("header-length-empty", "POST", INFER, header_length(b""), (400,)),
+    ("header-length-utf8-digit", "POST", INFER, header_length("٣".encode()), (400,)),
+    # Duplicate keys, anywhere in the document.
+    (
+        "v2-duplicate-input-key",
+        "POST",
+        INFER,
+        v2_raw(
+            '{"inputs": [{"name": "pixels", "name": "x", "shape": [1, 64], '
+            '"datatype": "FP32", "data": ' + json.dumps(ROW) + "}]}"
+        ),
+        (400,),
+    ),
+    (
+        "v2-duplicate-parameters-key",
+        "POST",
+        INFER,
+        v2_raw('{"inputs": [], "parameters": {"timeout": 1, "timeout": 2}}'),
+        (400,),
+    ),
+    (
+        "v2-duplicate-key-binary-header",
+        "POST",
+        INFER,
+        header_length_json(b'{"inputs": [], "inputs": []}'),
+        (400,),
+    ),
+    (
+        "v1-duplicate-key-in-row",
+        "POST",
+        "/v1/models/multi:predict",
+        b'{"instances": [{"bias": [0], "bias": [1], "features": [0]}]}',
+        (400,),
+    ),
+    # Wrong types.
+    ("v2-inputs-object", "POST", INFER, {"inputs": {"pixels": ROW}}, (400,)),
+    ("v2-inputs-string", "POST", INFER, {"inputs": "pixels"}, (400,)),
+    ("v2-input-name-number", "POST", INFER, v2_header([pixels(ROW) | {"name": 5}]), (400,)),
+    ("v2-data-object", "POST", INFER, v2_header([pixels({"a": 1})]), (400,)),
+    ("v2-data-strings", "POST", INFER, v2_header([pixels(["1.0"] * 64)]), (400,)),
+    ("v2-data-nulls", "POST", INFER, v2_header([pixels([None] * 64)]), (400,)),
+    ("v2-data-ragged", "POST", INFER, v2_header([pixels([ROW, ROW[:3]], shape=[2, 64])]), (400,)),
+    ("v2-data-too-few", "POST", INFER, v2_header([pixels(ROW[:63])]), (400,)),
+    ("v2-id-number", "POST", INFER, v2_header([pixels(ROW)], id=5), (400,)),
+    ("v2-outputs-object", "POST", INFER, v2_header([pixels(ROW)], outputs={"a": 1}), (400,)),
+    (
+        "v2-binary-size-string",
+        "POST",
+        INFER,
+        bin_header(v2_header([bin_spec([1, 64], "256")]), F32),
+        (400,),
+    ),
+    (
+        "v2-binary-size-negative",
+        "POST",
+        INFER,
+        bin_header(v2_header([bin_spec([1, 64], -256)]), F32),
+        (400,),
+    ),
+    (
+        "v2-binary-size-float",
+        "POST",
+        INFER,
+        bin_header(v2_header([bin_spec([1, 64], 256.0)]), F32),
+        (400,),
+    ),
+    (
+        "v2-binary-trailing-bytes",
+        "POST",
+        INFER,
+        bin_header(v2_header([bin_spec([1, 64], 256)]), F32, b"extra"),
+        (400,),
+    ),
+    (
+        "v2-binary-bytes-datatype",
+        "POST",
+        INFER,
+        bin_header(v2_header([bin_spec([1, 1], 8, "BYTES")]), b"\xff\xff\xff\xff1234"),
+        (400,),
+    ),
+    (
+        "v2-binary-and-data",
+        "POST",
+        INFER,
+        bin_header(v2_header([bin_spec([1, 64], 256) | {"data": ROW}]), F32),
+        (400,),
+    ),
+    ("v1-instances-nulls", "POST", PREDICT, {"instances": [[None] * 64]}, (400,)),
+    ("v1-instances-strings", "POST", PREDICT, {"instances": [["a"] * 64]}, (400,)),
+    ("v1-signature-number", "POST", PREDICT, {"instances": [ROW], "signature_name": 5}, (400,)),
+    ("v1-instances-ragged", "POST", PREDICT, {"instances": [ROW, ROW[:5]]}, (400,)),
+    ("v1-instances-b64", "POST", PREDICT, {"instances": [{"b64": "!!!not base64"}]}, (400,)),
+    ("v1-inputs-b64", "POST", PREDICT, {"inputs": {"pixels": {"b64": "@@@"}}}, (400,)),
+    # Huge numbers.
+    (
+        "v2-data-1e999",
+        "POST",
+        INFER,
+        v2_raw(
+            '{"inputs": [{"name": "pixels", "shape": [1, 1], "datatype": "FP32", "data": [1e999]}]}'
+        ),
+        (400,),
+    ),
+    ("v2-data-overflows-fp32", "POST", INFER, v2_header([pixels([1e39] * 64)]), (400,)),
+    (
+        "v2-data-bigint",
+        "POST",
+        INFER,
+        v2_raw(
+            '{"inputs": [{"name": "pixels", "shape": [1, 1], '
+            '"datatype": "FP32", "data": [123456789012345678901234567890]}]}'
+        ),
+        (400,),
+    ),
+    (
+        "v2-timeout-past-uint64",
+        "POST",
+        INFER,
+        v2_header([pixels(ROW)], parameters={"timeout": 2**64}),
+        (400,),
+    ),
+    (
+        "v2-priority-huge",
+        "POST",
+        INFER,
+        v2_raw('{"inputs": [], "parameters": {"priority": 99999999999999999999999}}'),
+        (400,),
+    ),
+    (
+        "v1-int8-out-of-range",
+        "POST",
+        "/v1/models/digits_int8:predict",
+        {"instances": [[300] * 64]},
+        (400,),
+    ),
+    # Encodings: not UTF-8, BOMs, other Unicode forms.
+    ("body-latin1", "POST", PREDICT, b'{"instances": [["\xe9"]]}', (400,)),
+    ("body-invalid-utf8-key", "POST", INFER, b'{"\xff\xfe": 1}', (400,)),
+    (
+        "body-utf8-bom",
+        "POST",
+        PREDICT,
+        b"\xef\xbb\xbf" + json.dumps({"instances": [ROW]}).encode(),
+        (400,),
+    ),
+    ("body-utf16", "POST", PREDICT, json.dumps({"instances": [ROW]}).encode("utf-16"), (400,)),
+    ("lone-surrogate-key", "POST", PREDICT, b'{"\\ud800": [[1]]}', (400,)),
+    ("body-only-whitespace", "POST", PREDICT, b"   \n\t ", (400,)),
+    (
+        "body-trailing-garbage",
+        "POST",
+        INFER,
+        json.dumps(v2_header([pixels(ROW)])).encode() + b"}",
+        (400,),
+    ),
+    ("body-two-documents", "POST", PREDICT, b'{"instances": [[1]]} {"instances": [[1]]}', (400,)),
+    ("body-empty", "POST", INFER, (b"", {"Content-Type": "application/json"}), (400,)),
+    # Compressed bodies.
+    (
+        "deflate-bomb",
+        "POST",
+        INFER,
+        (
+            zlib.compress(b"[" + b" " * (80 * 2**20) + b"]", 9),
+            {"Content-Encoding": "deflate", "Content-Type": "application/json"},
+        ),
+        (400, 413),
+    ),
+    (
+        "gzip-truncated",
+        "POST",
+        INFER,
+        (
+            gzip.compress(json.dumps(v2_header([pixels(ROW)])).encode())[:-12],
+            {"Content-Encoding": "gzip", "Content-Type": "application/json"},
+        ),
+        (400,),
+    ),
+    (
+        "gzip-deep-nesting",
+        "POST",
+        INFER,
+        (
+            gzip.compress(nested(1000).encode()),
+            {"Content-Encoding": "gzip", "Content-Type": "application/json"},
+        ),
+        (400,),
+    ),
+    ("encoding-brotli", "POST", INFER, (b"\x00", {"Content-Encoding": "br"}), (400,)),
+    ("encoding-stacked", "POST", INFER, (b"\x00", {"Content-Encoding": "gzip, gzip"}), (400,)),
+]
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body", "statuses"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
 )
 def test_hostile_request_gets_a_clear_4xx(
     client: httpx.Client, method: str, path: str, body: object, statuses: tuple[int, ...]
 ) -> None:
-    headers: dict[str, str] = {}
+    headers: dict[str, str | bytes] = {}
     if isinstance(body, tuple):
         content, headers = body
     elif isinstance(body, bytes):
@@ -213,7 +603,8 @@ def test_hostile_request_gets_a_clear_4xx(
         content = b""
     else:
         content, headers = json.dumps(body).encode(), {"Content-Type": "application/json"}
-    if "Content-Length" in headers:  # a lying length: send it raw, the client would fix it
+    raw = "Content-Length" in headers or any(isinstance(v, bytes) for v in headers.values())
+    if raw:  # a lying length or raw header bytes: sent as they are, a client would fix them
         r = raw_request(client, method, path, content, headers)
     else:
         r = client.request(method, path, content=content, headers=headers)
@@ -227,16 +618,19 @@ def test_hostile_request_gets_a_clear_4xx(
 
 
 def raw_request(
-    client: httpx.Client, method: str, path: str, body: bytes, headers: dict[str, str]
+    client: httpx.Client, method: str, path: str, body: bytes, headers: dict[str, str | bytes]
 ) -> httpx.Response:
     import socket
 
     url = httpx.URL(str(client.base_url))
+    if not any(k.lower() == "content-length" for k in headers):
+        headers = {**headers, "Content-Length": str(len(body))}
     with socket.create_connection((url.host, url.port or 80), timeout=10) as s:
-        head = f"{method} {path} HTTP/1.1\r\nHost: x\r\n" + "".join(
-            f"{k}: {v}\r\n" for k, v in headers.items()
+        head = f"{method} {path} HTTP/1.1\r\nHost: x\r\n".encode() + b"".join(
+            k.encode() + b": " + (v if isinstance(v, bytes) else v.encode()) + b"\r\n"
+            for k, v in headers.items()
         )
-        s.sendall(head.encode() + b"\r\n" + body)
+        s.sendall(head + b"\r\n" + body)
         data = b""
         while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < _length(data):
             chunk = s.recv(65536)
@@ -258,7 +652,7 @@ def _length(data: bytes) -> int:
 
 
 def test_catalogue_is_at_least_30() -> None:
-    assert len(CASES) >= 30
+    assert len(CASES) >= 130
     assert len({c[0] for c in CASES}) == len(CASES)
 
 
@@ -279,3 +673,16 @@ def test_nonfinite_allowed_when_the_model_says_so(tmp_path: object) -> None:
         assert struct.calcsize("f") == 4
     finally:
         assert server.stop() == 0
+
+
+def test_hostile_requests_leave_no_traceback_and_short_log_lines(
+    repo_server: ServerProcess, client: httpx.Client
+) -> None:
+    """A 4xx is not logged; whatever the catalogue sent, the log has no traceback and no
+    line long enough to carry a request's body."""
+    for _, method, path, body, _ in CASES[-20:]:
+        if isinstance(body, bytes):
+            client.request(method, path, content=body)
+    log = repo_server.log()
+    assert "Traceback" not in log and "unhandled error" not in log
+    assert max(len(line) for line in log.splitlines()) < 2000

@@ -7,6 +7,7 @@ the functions here decide whether an array fits a model input.
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,22 @@ NUMPY_TO_V2[np.dtype(np.bytes_)] = "BYTES"
 # Excerpts of user input quoted back in error messages are cut to this many characters.
 EXCERPT_CHARS = 80
 
+# The most dimensions a request's tensor may declare or nest. Real models stay far
+# below (TFLite's kernels take up to 6 dimensions, numpy stops at 64); the bound keeps
+# every walk over a request's structure shallow.
+MAX_RANK = 16
+# The most elements a declared shape may hold (its zero dimensions left out, as numpy
+# counts them): more than any body within the size limits can carry, and small enough
+# that numpy never refuses the shape as too big.
+MAX_ELEMENTS = 2**40
+
+# repr() of user input, bounded in depth and width before it is cut to EXCERPT_CHARS
+# (a plain repr of a request's 150k numbers would build megabytes, and recurse as
+# deep as the nesting).
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict = 4, 8, 8, 8
+_REPR.maxstring = _REPR.maxother = EXCERPT_CHARS
+
 
 def v2_datatype(dtype: np.dtype[Any]) -> str:
     """The V2 datatype name of a numpy dtype (strings of any width are BYTES)."""
@@ -53,7 +70,7 @@ def v2_datatype(dtype: np.dtype[Any]) -> str:
 
 def excerpt(value: object) -> str:
     """A bounded repr of user input, safe to put in an error message."""
-    text = repr(value)
+    text = _REPR.repr(value)
     return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 3] + "..."
 
 
@@ -237,3 +254,25 @@ def check_inputs(
 
 def element_count(shape: Sequence[int]) -> int:
     return math.prod(shape)
+
+
+def check_declared_shape(name: str, shape: Sequence[int]) -> int:
+    """Refuse a declared shape before anything is allocated for it: more than
+    ``MAX_RANK`` dimensions, a negative one, or more than ``MAX_ELEMENTS`` elements
+    (zero dimensions aside, as numpy counts them). Returns the element count."""
+    if len(shape) > MAX_RANK:
+        raise BadInput(
+            f"input '{name}': shape has {len(shape)} dimensions; at most {MAX_RANK} are served"
+        )
+    nonzero = 1
+    for d in shape:
+        if d < 0:
+            raise BadInput(f"input '{name}': shape {excerpt(list(shape))} has a negative dimension")
+        if d:
+            nonzero *= d
+            if nonzero > MAX_ELEMENTS:
+                raise BadInput(
+                    f"input '{name}': shape {excerpt(list(shape))} declares more than "
+                    f"{MAX_ELEMENTS} elements"
+                )
+    return 0 if 0 in shape else nonzero

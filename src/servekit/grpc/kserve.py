@@ -33,7 +33,7 @@ from servekit.server.v2_codec import (
     decode_binary,
     serialize_bytes,
 )
-from servekit.tensors import V2_TO_NUMPY, Array, TensorSpec
+from servekit.tensors import V2_TO_NUMPY, Array, TensorSpec, check_declared_shape
 
 SERVICE = "inference.GRPCInferenceService"
 
@@ -71,8 +71,7 @@ def _parameter(p: service_pb2.InferParameter) -> Any:
 
 def _shape(name: str, dims: Any) -> tuple[int, ...]:
     shape = tuple(int(d) for d in dims)
-    if any(d < 0 for d in shape):
-        raise BadInput(f"input '{name}': shape {list(shape)} has a negative dimension")
+    check_declared_shape(name, shape)
     return shape
 
 

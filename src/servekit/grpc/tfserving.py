@@ -34,7 +34,7 @@ from servekit.grpc.calls import Guard, remaining_s, unary
 from servekit.grpc.tfs import tfserving_pb2 as pb
 from servekit.repository import ServedModel
 from servekit.server import tfs
-from servekit.tensors import V2_TO_NUMPY, Array, TensorSpec, excerpt
+from servekit.tensors import V2_TO_NUMPY, Array, TensorSpec, check_declared_shape, excerpt
 
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
 MODEL_SERVICE = "tensorflow.serving.ModelService"
@@ -64,6 +64,9 @@ _FIELD: dict[str, str] = {
     "FP16": "half_val",
     "BYTES": "string_val",
 }
+# The most memory one value may fill (a single float_val with a huge tensor_shape);
+# the default body limit, so filling allocates no more than sending every value could.
+FILL_MAX_BYTES = 64 * 2**20
 # Every typed value field of TensorProto, read from the message itself.
 _VALUE_FIELDS = tuple(f.name for f in pb.TensorProto.DESCRIPTOR.fields if f.name.endswith("_val"))
 
@@ -92,8 +95,7 @@ def _shape(name: str, shape: pb.TensorShapeProto) -> tuple[int, ...]:
     if shape.unknown_rank:
         raise BadInput(f"input '{name}': tensor_shape has unknown_rank set; send its dimensions")
     dims = tuple(int(d.size) for d in shape.dim)
-    if any(d < 0 for d in dims):
-        raise BadInput(f"input '{name}': tensor_shape {list(dims)} has a negative dimension")
+    check_declared_shape(name, dims)
     return dims
 
 
@@ -139,9 +141,17 @@ def decode_tensor(name: str, tensor: pb.TensorProto, spec: TensorSpec | None) ->
             f"input '{name}': {field} has {len(values)} value(s); shape {list(shape)} needs "
             f"{count} (or one, to fill the shape)"
         )
+    if len(values) != count:  # one value fills the shape, as TensorFlow reads it
+        if spec is not None:
+            spec.check_shape(shape)  # before allocating what the shape declares
+        if count * V2_TO_NUMPY[datatype].itemsize > FILL_MAX_BYTES:
+            raise BadInput(
+                f"input '{name}': one value fills at most {FILL_MAX_BYTES} bytes; shape "
+                f"{excerpt(list(shape))} asks for more: send every value"
+            )
     arr = _typed(name, datatype, field, values)
     if arr.size != count:
-        arr = np.repeat(arr, count)  # one value fills the shape, as TensorFlow reads it
+        arr = np.repeat(arr, count)
     return arr.reshape(shape)
 
 

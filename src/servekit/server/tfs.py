@@ -19,7 +19,7 @@ import numpy as np
 import orjson
 
 from servekit.errors import BadInput
-from servekit.server.strictjson import loads_strict
+from servekit.server.strictjson import TooDeep, loads_strict
 from servekit.tensors import Array, TensorSpec, excerpt
 
 if TYPE_CHECKING:
@@ -148,7 +148,7 @@ def loads(body: bytes | memoryview) -> Any:
         return loads_strict(body)
     except BadInput as first:
         raw = bytes(body)
-        if not _NONFINITE_WORD.search(raw):
+        if isinstance(first, TooDeep) or not _NONFINITE_WORD.search(raw):
             raise
         seen = False
 

@@ -21,6 +21,7 @@ are left to :func:`servekit.tensors.check_inputs`, shared with every protocol.
 from __future__ import annotations
 
 import math
+import re
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from servekit.tensors import (
     V2_TO_NUMPY,
     Array,
     TensorSpec,
+    check_declared_shape,
     coerce_json_values,
     excerpt,
     v2_datatype,
@@ -54,6 +56,7 @@ EXTENSIONS = (
 )
 
 UINT64_MAX = 2**64 - 1
+_HEADER_LENGTH = re.compile(r"[0-9]{1,19}")
 _BYTES_PREFIX = np.dtype("<u4")
 _DATATYPES = ", ".join(V2_TO_NUMPY)
 # Request parameters of Triton's sequence batcher: refused, servekit has no sequences.
@@ -165,7 +168,8 @@ def split_body(
             return None, 0
         return view, len(body)
     text = header_length.strip()
-    if not text.isdigit():
+    # ASCII digits only (str.isdigit also takes '²'), and no more than a length needs.
+    if not _HEADER_LENGTH.fullmatch(text):
         raise BadInput(
             f"Inference-Header-Content-Length must be a non-negative integer, got "
             f"{excerpt(header_length)}"
@@ -365,6 +369,7 @@ def _shape(name: str, value: object) -> tuple[int, ...]:
             f"input '{name}': 'shape' must be an array of non-negative integers, got "
             f"{excerpt(value)}"
         )
+    check_declared_shape(name, value)
     return tuple(value)
 
 
