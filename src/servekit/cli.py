@@ -377,6 +377,8 @@ def inspect(
 
       servekit inspect model.tflite
     """
+    import platform
+
     from servekit.runtime import backend_for_file
 
     try:
@@ -384,12 +386,14 @@ def inspect(
         sig = backend.load(backend.read(model), ModelConfig()).signature
     except ServekitError as e:
         fail(str(e))
+    runtime = _with_version(backend.runtime_name())
     if as_json:
         console.print_json(
             json.dumps(
                 {
                     "platform": backend.platform,
-                    "runtime": backend.runtime_name(),
+                    "runtime": runtime,
+                    "machine": platform.machine(),
                     "signature": sig.signature_key,
                     "inputs": [s.to_dict() for s in sig.inputs],
                     "outputs": [s.to_dict() for s in sig.outputs],
@@ -399,7 +403,7 @@ def inspect(
         return
     table = Table(
         title=f"{model.name} (signature: {sig.signature_key or 'none'}, "
-        f"runtime: {backend.runtime_name()})"
+        f"runtime: {runtime} on {platform.machine()})"
     )
     for col in ("kind", "name", "datatype", "shape", "quantization"):
         table.add_column(col)
@@ -412,6 +416,20 @@ def inspect(
             )
             table.add_row(kind, s.name, s.datatype, str(list(s.shape)), q)
     console.print(table)
+
+
+def _with_version(runtime: str) -> str:
+    """'ai-edge-litert' -> 'ai-edge-litert 2.3.0', the installed distribution's version
+    (the same wheel name on x86-64 and aarch64); a name that carries its version already
+    (onnxruntime's) or names no distribution stays as it is."""
+    import importlib.metadata
+
+    if " " in runtime:
+        return runtime
+    try:
+        return f"{runtime} {importlib.metadata.version(runtime)}"
+    except importlib.metadata.PackageNotFoundError:
+        return runtime
 
 
 app.command()(optimize_command)
