@@ -34,6 +34,11 @@ Written files (paths relative to the repository root)::
     tests/models/repo/lookup/1/model.tflite   index i32[-1,1] -> row f32[-1,4] (GATHER from a
                                               10x4 table); an index outside 0..9 makes
                                               invoke() itself fail: a real runtime fault
+    tests/models/image/image/1/model.tflite   image f32[-1,224,224,3] -> probabilities f32[-1,10]:
+                                              an image-sized input with a few fixed random
+                                              weights (8x8 average pool, 3x3 conv, global
+                                              mean, dense): /docs and the browser test with
+                                              an image model, in a few KB
     tests/models/unsafe/<name>/1/model.tflite x f32[-1,8] -> y f32[-1,8]: resizable but NOT
                                               batch-safe, each in its own way: ``row0``
                                               adds row 0 to every row (STRIDED_SLICE with a
@@ -261,6 +266,21 @@ def export_lookup() -> bytes:
         return {"row": tf.gather(table, index[:, 0])}
 
     return convert(serve, [spec([None, 1], tf.int32, "index")])
+
+
+def export_image() -> bytes:
+    """An image classifier's input and output, untrained: fixed random weights."""
+    rng = np.random.default_rng(SEED)
+    kernel = tf.constant(rng.standard_normal((3, 3, 3, 8)).astype(np.float32))
+    w_out = tf.constant(rng.standard_normal((8, 10)).astype(np.float32))
+
+    def serve(image: tf.Tensor) -> dict[str, tf.Tensor]:
+        h = tf.nn.avg_pool2d(image, ksize=8, strides=8, padding="VALID")  # 28x28x3
+        h = tf.nn.relu(tf.nn.conv2d(h, kernel, strides=1, padding="SAME"))
+        h = tf.reduce_mean(h, axis=[1, 2])
+        return {"probabilities": tf.nn.softmax(tf.matmul(h, w_out))}
+
+    return convert(serve, [spec([None, 224, 224, 3], tf.float32, "image")])
 
 
 UNSAFE_WIDTH = 8
@@ -510,6 +530,8 @@ def main() -> None:
     write_bytes(REPO_DIR / "nosig" / "1" / "model.tflite", export_nosig(dense_w))
     write_bytes(REPO_DIR / "lookup" / "1" / "model.tflite", export_lookup())
     write_bytes(REPO_DIR.parent / "slow" / "slow" / "1" / "model.tflite", export_slow())
+    image_path = REPO_DIR.parent / "image" / "image" / "1" / "model.tflite"
+    write_bytes(image_path, export_image())
     unsafe_paths = []
     for name, forward in unsafe_forwards().items():
         unsafe_paths.append(UNSAFE_DIR / name / "1" / "model.tflite")
@@ -562,6 +584,10 @@ def main() -> None:
     print(f"\nfixed model resized to [4, 64]: {fixed_failure}")
 
     print_multi_signature_info(REPO_DIR / "multi" / "1" / "model.tflite")
+
+    image_rows = np.random.default_rng(SEED).random((2, 224, 224, 3), dtype=np.float32)
+    image_out = predict(Interpreter(model_path=str(image_path)), {"image": image_rows})
+    print(f"\n{rel(image_path)}: probabilities of 2 random images {image_out}")
 
     for path in unsafe_paths:
         difference = check_unsafe(path)

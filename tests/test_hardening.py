@@ -274,10 +274,13 @@ def test_api_keys_guard_model_endpoints(keyed_server: ServerProcess) -> None:
     )
     assert httpx.post(url, json=body, headers={"X-API-Key": "key-two"}).status_code == 200
     assert httpx.get(f"{keyed_server.url}/v1/models/model/metadata").status_code == 401
-    # Probes, metrics and docs stay open.
+    # Probes stay open; metrics and the OpenAPI document name the models, so they need a
+    # key too (tests/test_access.py has the rest).
     assert httpx.get(f"{keyed_server.url}/v2/health/ready").status_code == 200
-    assert httpx.get(f"{keyed_server.url}/metrics").status_code == 200
-    assert httpx.get(f"{keyed_server.url}/openapi.json").status_code == 200
+    assert httpx.get(f"{keyed_server.url}/metrics").status_code == 401
+    assert httpx.get(f"{keyed_server.url}/openapi.json").status_code == 401
+    key = {"X-API-Key": "key-one"}
+    assert httpx.get(f"{keyed_server.url}/openapi.json", headers=key).status_code == 200
 
 
 def test_cors_only_for_configured_origins(

@@ -26,9 +26,10 @@ from servekit.metrics import Metrics, model_statistics
 from servekit.repository import ModelRegistry
 from servekit.server import admin, docs, errors, examples, health, monitoring, v1, v2
 from servekit.server.edge import Dispatcher, NativeTelemetryWatch, ServekitAPI
+from servekit.server.httpserver import HttpLimits
 from servekit.server.inference import InferenceRouter
 from servekit.server.limits import BodySizeLimit
-from servekit.server.security import ModelAccess
+from servekit.server.security import ModelAccess, declare_api_keys
 
 log = logging.getLogger(__name__)
 
@@ -130,24 +131,40 @@ def create_app(settings: ServerSettings | None = None) -> ServekitAPI:
     app.state.metrics = metrics
     app.state.draining = False
 
+    serve_metrics = settings.metrics_port is None  # else on its own port
     errors.install(app)
-    docs.install(app)
+    docs.install(
+        app,
+        lambda name, api: (
+            None
+            if (model := examples.find_model(registry, name)) is None
+            else examples.full_example(model, api)
+        ),
+        metrics_url=monitoring.METRICS_PATH if serve_metrics else None,
+    )
     app.include_router(health.build_router())
     app.include_router(v1.build_router())
     app.include_router(v2.build_router())
     app.include_router(admin.build_router())
-    monitoring.install(app, metrics, serve_route=settings.metrics_port is None)
+    monitoring.install(app, metrics, serve_route=serve_metrics)
 
     # servekit's HTTP layers (server/edge.py), innermost first. The dispatcher sends
     # the inference POSTs to servekit's router, everything else to FastAPI.
     router = InferenceRouter([*v1.ROUTES, *v2.ROUTES], plane, settings.max_body_bytes)
     edge: ASGIApp = Dispatcher(router, app.fastapi, telemetry)
     edge = BodySizeLimit(edge, max_bytes=settings.max_body_bytes)
+    # With API keys, what names the models needs a key too, unless made public.
+    guarded: set[str] = set()
+    if settings.api_keys and not settings.docs_public:
+        guarded |= {app.openapi_url or "", examples.EXAMPLES_URL + "/"} - {""}
+    if settings.api_keys and serve_metrics and not settings.metrics_public:
+        guarded.add(monitoring.METRICS_PATH)
     if settings.api_keys or settings.max_inflight_requests:  # nothing to do otherwise
         edge = ModelAccess(
             edge,
             api_keys=[k.get_secret_value().encode() for k in settings.api_keys],
             max_inflight=settings.max_inflight_requests,
+            guarded_paths=frozenset(guarded),
         )
     if settings.cors_origins:  # off unless configured
         edge = CORSMiddleware(
@@ -163,14 +180,18 @@ def create_app(settings: ServerSettings | None = None) -> ServekitAPI:
             expose_headers=["Inference-Header-Content-Length", "Retry-After"],
         )
     # HTTP metrics outermost, so they count the 413s of BodySizeLimit too.
-    app.edge = monitoring.http_metrics(edge, metrics)
+    app.edge = monitoring.http_metrics(edge, metrics, status_label=settings.http_status_label)
+    app.limits = HttpLimits.from_settings(settings)
 
     def openapi() -> dict[str, Any]:
         # Not cached: the examples follow the models loaded right now.
         schema = get_openapi(
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
-        return examples.inject(_no_422(schema), registry)
+        schema = examples.inject(_no_422(schema), registry)
+        if settings.api_keys:  # so Swagger UI's "Authorize" can send a key
+            schema = declare_api_keys(schema, frozenset(guarded))
+        return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app

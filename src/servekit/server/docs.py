@@ -6,7 +6,8 @@ public CDNs, so offline they are blank. These pages load only files from
 
 - ``static/swagger-ui``: npm swagger-ui-dist (Apache-2.0), unmodified;
 - ``static/redoc``: npm redoc (MIT), with its one external URL (a logo) patched out;
-- ``static/servekit``: the two small scripts that start them.
+- ``static/servekit``: the small scripts that start them (and ask for an API key when
+  the server needs one for the OpenAPI document).
 
 ``static/SOURCES.json`` records versions, licences, integrity and patches;
 ``scripts/vendor_docs_assets.py`` is how those files are produced. Both pages also send a
@@ -16,19 +17,29 @@ a console error instead of a request.
 
 The app must be created with ``docs_url=None, redoc_url=None`` (FastAPI's CDN pages
 would otherwise answer first).
+
+Also here: each model's whole example request at ``/docs/examples/{model_name}/{api}``
+(the document abridges large ones: server/examples.py) and ``GET /``, a pointer to all
+of this (JSON; browsers are sent to /docs).
 """
 
 from __future__ import annotations
 
 import html
 import json
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.responses import Response
+
+from servekit.errors import NotFound
+from servekit.server.encoding import json_response
+from servekit.server.examples import APIS, EXAMPLES_URL, Api
 
 DOCS_URL = "/docs"
 REDOC_URL = "/redoc"
@@ -90,6 +101,7 @@ def swagger_ui_html(*, title: str, openapi_url: str, assets: str, config: dict[s
 <body>
 <div id="swagger-ui" data-config="{_attr(settings)}"></div>
 <script src="{assets}/swagger-ui/swagger-ui-bundle.js"></script>
+<script src="{assets}/servekit/api-key.js"></script>
 <script src="{assets}/servekit/swagger-init.js"></script>
 </body>
 </html>
@@ -110,6 +122,7 @@ def redoc_html(*, title: str, openapi_url: str, assets: str) -> str:
 <body>
 <div id="redoc" data-spec-url="{html.escape(openapi_url)}" data-options="{_attr({})}"></div>
 <script src="{assets}/redoc/redoc.standalone.js"></script>
+<script src="{assets}/servekit/api-key.js"></script>
 <script src="{assets}/servekit/redoc-init.js"></script>
 </body>
 </html>
@@ -123,8 +136,15 @@ def _page(body: str) -> HTMLResponse:
     )
 
 
-def install(app: FastAPI) -> None:
-    """Mount the assets at /docs/assets and serve /docs (Swagger UI) and /redoc (ReDoc)."""
+def install(
+    app: FastAPI,
+    example: Callable[[str, Api], dict[str, Any] | None],
+    *,
+    metrics_url: str | None,
+) -> None:
+    """Mount the assets at /docs/assets and serve /docs (Swagger UI), /redoc (ReDoc),
+    each model's whole example (``example(name, api)``, None for an unknown model) and
+    the landing response at /."""
     if app.docs_url is not None or app.redoc_url is not None:
         raise RuntimeError(
             "create the app with FastAPI(docs_url=None, redoc_url=None): "
@@ -159,3 +179,40 @@ def install(app: FastAPI) -> None:
         return _page(
             redoc_html(title=app.title, openapi_url=root + openapi_path, assets=root + ASSETS_URL)
         )
+
+    @app.get(EXAMPLES_URL + "/{model_name}/{api}", include_in_schema=False)
+    async def whole_example(model_name: str, api: str) -> Response:
+        if api not in APIS:
+            raise NotFound(f"no example API {api!r}: one of {', '.join(APIS)}")
+        found = example(model_name, api)
+        if found is None:
+            raise NotFound(f"no ready model named {model_name!r}")
+        return json_response(found)
+
+    @app.get("/", include_in_schema=False)
+    async def landing(request: Request) -> Response:
+        root = request.scope.get("root_path", "").rstrip("/")
+        if _wants_html(request.headers.get("accept", "")):
+            return RedirectResponse(root + DOCS_URL, status_code=307)
+        links = {
+            "docs": DOCS_URL,
+            "redoc": REDOC_URL,
+            "openapi": openapi_path,
+            "models": "/v1/models",
+            "server_metadata": "/v2",
+            "ready": "/v2/health/ready",
+        }
+        if metrics_url is not None:
+            links["metrics"] = metrics_url
+        return json_response(
+            {
+                "name": app.title,
+                "version": app.version,
+                "links": {k: root + v for k, v in links.items()},
+            }
+        )
+
+
+def _wants_html(accept: str) -> bool:
+    """A browser's navigation (Accept: text/html, ...); curl and clients send */*."""
+    return "text/html" in accept.lower()

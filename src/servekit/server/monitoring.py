@@ -143,7 +143,9 @@ class HttpMetrics:
     """prometheus-fastapi-instrumentator's default HTTP metrics (same names, labels,
     help and types, so its dashboards work) plus requests in progress, in ``registry``.
 
-    - ``http_requests_total`` (method, status, handler)
+    - ``http_requests_total`` (method, status, handler); ``status`` is the exact code
+      ("503") or, with ``http_status_label: class``, its class ("5xx") as the
+      instrumentator's ``should_group_status_codes`` (its default) writes it
     - ``http_request_size_bytes``, ``http_response_size_bytes`` (handler): summaries of
       the Content-Length headers
     - ``http_request_duration_highr_seconds`` (no labels) and
@@ -226,9 +228,11 @@ class HttpMetricsMiddleware:
         *,
         metrics: HttpMetrics,
         excluded_handlers: Sequence[str] = (),
+        status_class: bool = False,
     ) -> None:
         self.app = app
         self.metrics = metrics
+        self.status_class = status_class
         self.excluded = [re.compile(p) for p in excluded_handlers]
         self._templates: set[str] = set()
         self._routes_seen = -1
@@ -263,8 +267,9 @@ class HttpMetricsMiddleware:
             series.inprogress.dec()
             total = series.total.get(status)
             if total is None:
+                label = f"{status // 100}xx" if self.status_class else str(status)
                 total = series.total[status] = self.metrics.total.labels(
-                    scope["method"], str(status), series.handler
+                    scope["method"], label, series.handler
                 )
             total.inc()
             series.in_size.observe(_content_length(scope.get("headers", ())))
@@ -360,12 +365,16 @@ def serve_metrics_port(host: str, port: int, own: CollectorRegistry | None) -> T
     return server
 
 
-def http_metrics(app: ASGIApp, metrics: Metrics) -> HttpMetricsMiddleware:
-    """``app`` inside the HTTP metrics middleware (``/metrics`` itself not counted)."""
+def http_metrics(
+    app: ASGIApp, metrics: Metrics, *, status_label: str = "code"
+) -> HttpMetricsMiddleware:
+    """``app`` inside the HTTP metrics middleware (``/metrics`` itself not counted);
+    ``status_label``: "code" ("503") or "class" ("5xx")."""
     return HttpMetricsMiddleware(
         app,
         metrics=HttpMetrics(metrics.registry, LATENCY_BUCKETS),
         excluded_handlers=[f"^{re.escape(METRICS_PATH)}$"],
+        status_class=status_label == "class",
     )
 
 
