@@ -2,11 +2,19 @@
 
 Every error leaves as ``{"error": "<message>"}``; unknown exceptions become a 500
 that names the exception type without a traceback.
+
+Answers of 500 and above for servekit's own errors (a full queue, a deadline, a model
+not ready) are logged through ``RefusalLog``: under overload they come by the
+thousand, so each model's first is logged in full and the rest are counted, one line
+per model and status every ``interval_s``. The HTTP metrics count every one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
+from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -52,6 +60,69 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     return json_response({"error": message}, status=status, headers=headers)
 
 
+_MODEL_IN_PATH = re.compile(r"/v[12]/models/([^/:]+)")
+MAX_WINDOWS = 256  # (model, status, error) kinds counted at once; past it, logged each
+REASON_CHARS = 200
+
+
+@dataclass(slots=True)
+class _Window:
+    loop: asyncio.AbstractEventLoop
+    count: int = 0  # answers since the line that opened the window or the last summary
+    last: str = ""
+
+
+class RefusalLog:
+    """Logs servekit's 5xx answers: the first of each (model, status, error kind) at
+    once, in full; the ones after it within ``interval_s`` as one line with their count
+    when the interval ends (on the event loop's timer, so the last burst of an
+    overload is reported too). A quiet interval closes the window."""
+
+    def __init__(self, interval_s: float = 10.0) -> None:
+        self.interval_s = interval_s
+        self._windows: dict[tuple[str, int, str], _Window] = {}
+
+    def record(self, method: str, path: str, status: int, exc: Exception) -> None:
+        m = _MODEL_IN_PATH.search(path)
+        key = (m.group(1) if m else path, status, type(exc).__name__)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        window = self._windows.get(key)
+        if window is not None and window.loop is loop and not loop.is_closed():
+            window.count += 1
+            window.last = str(exc)
+            return
+        log.warning("%s %s -> %d: %s", method, path, status, exc)
+        if loop is not None and (window is not None or len(self._windows) < MAX_WINDOWS):
+            self._windows[key] = _Window(loop)
+            loop.call_later(self.interval_s, self._flush, key)
+
+    def _flush(self, key: tuple[str, int, str]) -> None:
+        window = self._windows.get(key)
+        if window is None:
+            return
+        if window.count == 0:
+            del self._windows[key]
+            return
+        model, status, kind = key
+        log.warning(
+            "model %r: %d more requests answered %d in the last %g s (%s: %s)",
+            model,
+            window.count,
+            status,
+            self.interval_s,
+            kind,
+            window.last[:REASON_CHARS],
+        )
+        window.count = 0
+        window.loop.call_later(self.interval_s, self._flush, key)
+
+
+refusals = RefusalLog()
+
+
 def response_for(exc: Exception, method: str, path: str) -> Response:
     """The answer to an exception from a request's handling, by the one table; an
     exception servekit did not expect is logged with its traceback and answered 500.
@@ -70,7 +141,7 @@ def response_for(exc: Exception, method: str, path: str) -> Response:
         if isinstance(exc, BodyTooLarge):
             headers["Connection"] = "close"  # the rest of the body was never read
         if status >= 500:
-            log.warning("%s %s -> %d: %s", method, path, status, exc)
+            refusals.record(method, path, status, exc)
         return error_response(status, str(exc) or type(exc).__name__, headers)
     if isinstance(exc, StarletteHTTPException):
         return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))
