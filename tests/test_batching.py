@@ -45,8 +45,8 @@ class GatedModel(TFLiteModel):
 async def gated() -> AsyncIterator[tuple[Batcher, GatedModel, Metrics]]:
     model_holder: list[GatedModel] = []
 
-    def factory() -> TFLiteModel:
-        m = GatedModel(CONTENT)
+    def factory(threads: int) -> TFLiteModel:
+        m = GatedModel(CONTENT, num_threads=threads)
         m.entered, m.release, m.batches = threading.Event(), threading.Event(), []
         m.prepare([1, 2, 4, 8])
         model_holder.append(m)

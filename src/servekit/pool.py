@@ -14,6 +14,11 @@ Two ways to run a batch (``execution`` in the model's config):
   warm-up. A scrape never sees such an instance busy; the compute histogram still
   counts its batches.
 
+How many instances, of how many runtime threads (``instances`` and
+``threads_per_instance``, ``auto`` by default), is decided here too, once the first
+instance is warm (``choose_sizing``): from the CPUs this process may use
+(``servekit.cpus``, shared among ``--workers`` processes) and what warm-up measured.
+
 ``docs/performance.md`` has the measurements behind these rules.
 """
 
@@ -21,14 +26,17 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from servekit.config import Execution
+from servekit.cpus import CpuBudget, cpu_budget, worker_processes
 from servekit.errors import InferenceFailed, ServekitError
 from servekit.metrics import ModelMetrics
 from servekit.runtime import ModelRunner
@@ -153,20 +161,101 @@ def cheap_enough_to_inline(model: ModelRunner, max_rows: int) -> bool:
     return model.slowest_invoke_s * invokes < INLINE_MAX_BATCH_S
 
 
+# ``auto`` sizing: batching "pays" when the largest bucket runs at least this many times
+# the rows/s of batch 1. Such a model gets one instance (queued requests become one
+# batch: a second instance splits them into two smaller batches, and on the wide dense
+# model it cut requests/s at 64 connections from 1,251 to 398); others get an instance
+# per CPU.
+BATCHING_PAYS = 2.0
+
+Auto = Literal["auto"]
+
+
+@dataclass(frozen=True, slots=True)
+class Sizing:
+    """How many instances of how many runtime threads, and why (logs and metadata)."""
+
+    instances: int
+    threads: int
+    reason: str
+
+
+def choose_sizing(
+    model: ModelRunner,
+    instances: int | Auto,
+    threads: int | Auto,
+    execution: Execution,
+    max_rows: int,
+    budget: CpuBudget,
+    workers: int = 1,
+) -> Sizing:
+    """Instances x threads for a model whose first instance (one runtime thread when
+    ``threads`` is auto) is warm. What the config fixes stays; ``auto`` fills the CPUs
+    this process may use (its share when ``workers`` processes serve):
+
+    - one instance of one thread, on the event loop, for a model cheap enough to
+      inline (its largest batch computes in microseconds: a thread costs more);
+    - one instance when batching pays (its rows/s grow ``BATCHING_PAYS``-fold or more
+      with the batch), with every CPU but the event loop's as its threads;
+    - otherwise (conv nets on CPU, models that run one row per invoke) one instance of
+      one thread per CPU: the most requests/s, and a lone request computes on one
+      thread as it would with a single instance.
+    """
+    cpus = max(1, budget.cpus // max(1, workers))
+    share = f"{budget.reason}" + (f", shared by {workers} worker processes" if workers > 1 else "")
+    gain = model.batch_gain
+    inline = execution == "inline" or (
+        execution == "auto"
+        and instances in ("auto", 1)
+        and threads in ("auto", 1)
+        and cheap_enough_to_inline(model, max_rows)
+    )
+    if inline:
+        what = (
+            "execution: inline"
+            if execution == "inline"
+            else f"its largest batch computes in {model.slowest_invoke_s * 1e6:.0f} µs"
+        )
+        return Sizing(1, 1 if threads == "auto" else threads, f"{what}: inline, one instance")
+    if gain >= BATCHING_PAYS:
+        why = f"batching pays ({gain:.1f}x the rows/s at batch {max(model.invoke_costs)})"
+        n = 1 if instances == "auto" else instances
+        t = max(1, (cpus - 1) // n) if threads == "auto" else threads
+    else:
+        why = (
+            f"batching gains little ({gain:.2f}x the rows/s at batch {max(model.invoke_costs)})"
+            if model.batchable
+            else "one row per invoke"
+        )
+        if instances == "auto":
+            t = 1 if threads == "auto" else threads
+            n = max(1, cpus // t)
+        else:
+            n = instances
+            t = max(1, cpus // n) if threads == "auto" else threads
+    return Sizing(n, t, f"{n} instance(s) x {t} thread(s): {why}; {share}")
+
+
 class InstancePool:
-    """N interpreter instances. ``acquire`` an idle one, ``run`` a batch on it, ``release``."""
+    """N interpreter instances. ``acquire`` an idle one, ``run`` a batch on it, ``release``.
+
+    ``factory(threads)`` builds one warm instance with that many runtime threads.
+    """
 
     def __init__(
         self,
-        factory: Callable[[], ModelRunner],
-        size: int,
+        factory: Callable[[int], ModelRunner],
+        size: int | Auto,
         metrics: ModelMetrics,
         name: str,
         execution: Execution = "thread",
         max_rows: int = 1,
+        threads: int | Auto = 1,
     ) -> None:
         self._factory = factory
-        self._size = size
+        self._wanted = (size, threads)
+        self._size = 1 if size == "auto" else size
+        self.sizing = Sizing(self._size, 1 if threads == "auto" else threads, "as configured")
         self._execution = execution
         self._max_rows = max_rows  # the most rows a batch can have (for ``auto``)
         self.inline = False  # decided once the instances are built (see ``start``)
@@ -183,20 +272,54 @@ class InstancePool:
     def size(self) -> int:
         return self._size
 
-    async def start(self) -> ModelRunner:
-        """Start the workers; returns once every instance is loaded and warm."""
+    def describe(self) -> str:
+        """What was chosen for this model and why: instances, threads, buckets left out."""
+        trimmed = self.model.trimmed if self.model is not None else ""
+        return f"{self.sizing.reason}; {trimmed}" if trimmed else self.sizing.reason
+
+    @property
+    def threads(self) -> int:
+        """Runtime threads of each instance."""
+        return self.sizing.threads
+
+    async def _spawn(self, count: int, threads: int) -> list[ModelRunner]:
+        """``count`` more instances of ``threads`` threads, once they are warm."""
         readies: list[concurrent.futures.Future[ModelRunner]] = []
-        for i in range(self._size):
+        for _ in range(count):
             ready: concurrent.futures.Future[ModelRunner] = concurrent.futures.Future()
-            w = Instance(f"{self._name}-{i}", self._factory, ready, self._metrics)
+            factory = functools.partial(self._factory, threads)
+            w = Instance(f"{self._name}-{len(self._workers)}", factory, ready, self._metrics)
             w.start()
             self._workers.append(w)
             readies.append(ready)
         try:
-            models = await asyncio.gather(*(asyncio.wrap_future(r) for r in readies))
+            return list(await asyncio.gather(*(asyncio.wrap_future(r) for r in readies)))
         except BaseException:
             await self.close()
             raise
+
+    async def start(self) -> ModelRunner:
+        """Start the workers; returns once every instance is loaded and warm. The first
+        is built alone: its warm-up timings size the pool (``choose_sizing``)."""
+        instances, threads = self._wanted
+        first_threads = 1 if threads == "auto" else threads
+        models = await self._spawn(1, first_threads)
+        if "auto" in self._wanted:
+            self.sizing = choose_sizing(
+                models[0],
+                instances,
+                threads,
+                self._execution,
+                self._max_rows,
+                cpu_budget(),
+                worker_processes(),
+            )
+        if self.sizing.threads != first_threads:  # built again with its threads
+            await self.close()
+            models = await self._spawn(self.sizing.instances, self.sizing.threads)
+        else:
+            models += await self._spawn(self.sizing.instances - 1, self.sizing.threads)
+        self._size = self.sizing.instances
         auto_single = self._execution == "auto" and self._size == 1
         self.inline = self._execution == "inline" or (
             auto_single and cheap_enough_to_inline(models[0], self._max_rows)

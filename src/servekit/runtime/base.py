@@ -53,3 +53,11 @@ class Backend:
     # content, the model's config (threads, the runtime's own settings) → a session
     load: Callable[[bytes, ModelConfig], Session]
     runtime_name: Callable[[], str]  # which library (and version) runs it
+
+
+def threads_of(config: ModelConfig) -> int:
+    """The runtime threads a session gets: the config's, or 1 when it says ``auto``
+    (the instance pool resolves ``auto`` before it builds instances; a tool that loads
+    a model on its own gets one thread)."""
+    threads = config.threads_per_instance
+    return 1 if threads == "auto" else threads

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from servekit.errors import BadInput, InferenceFailed
-from servekit.runtime.base import Backend, ModelSignature
+from servekit.runtime.base import Backend, ModelSignature, threads_of
 from servekit.tensors import Array, TensorSpec
 
 if TYPE_CHECKING:
@@ -342,7 +342,7 @@ class OnnxSession:
 
 
 def load(content: bytes, config: ModelConfig) -> OnnxSession:
-    return OnnxSession(content, config.threads_per_instance, config.onnx_graph_optimization)
+    return OnnxSession(content, threads_of(config), config.onnx_graph_optimization)
 
 
 ONNX = Backend(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
 
@@ -28,6 +29,13 @@ Plan = tuple[tuple[int, int], ...]
 
 # A split must beat padding by this much to be chosen: warm-up timings are noisy.
 SPLIT_GAIN = 0.9
+
+# Trimming buckets (``prepare(..., trim=True)``): a bucket is worth its memory only if a
+# row costs at most this fraction of what it costs at the best smaller bucket. A conv
+# net on CPU computes a batch of 2 in twice the time of 1, so its larger buckets would
+# only hold arena memory (MobileNetV2: 80 MB resident at batch 1, 330 MB once batch 32
+# was allocated; the runtimes keep their largest arena).
+TRIM_GAIN = 0.9
 
 
 def padding_plan(costs: Mapping[int, float]) -> dict[int, Plan]:
@@ -58,6 +66,22 @@ def padding_plan(costs: Mapping[int, float]) -> dict[int, Plan]:
     return {rows: plan for rows, (_, plan) in best.items() if rows}
 
 
+def _not_worth(costs: Mapping[int, float], bucket: int) -> str:
+    """Why buckets above ``bucket`` are not worth allocating ('' if they may be): a row
+    at ``bucket`` costs more than ``TRIM_GAIN`` of its cost at the best smaller one."""
+    smaller = [b for b in costs if b < bucket]
+    if not smaller:
+        return ""
+    best = min(smaller, key=lambda b: costs[b] / b)
+    gain = (costs[best] / best) / (costs[bucket] / bucket)
+    if gain * TRIM_GAIN >= 1.0:
+        return ""
+    return (
+        f"batches above {bucket} not allocated: batch {bucket} ran {gain:.2f}x the rows/s "
+        f"of batch {best} (a bucket must give {1 / TRIM_GAIN:.2f}x)"
+    )
+
+
 class ModelRunner:
     """One runtime session and the batch sizes it has been warmed up for."""
 
@@ -76,6 +100,8 @@ class ModelRunner:
         self._plan: dict[int, Plan] = {}
         # Rows -> seconds of one warm invoke at ``prepare``: every bucket, or the chunk.
         self.invoke_costs: dict[int, float] = {}
+        # Why buckets asked for were left out at warm-up (``trim``); '' if none were.
+        self.trimmed = ""
 
     @property
     def slowest_invoke_s(self) -> float:
@@ -86,6 +112,17 @@ class ModelRunner:
     @property
     def batchable(self) -> bool:
         return bool(self._buckets)
+
+    @property
+    def batch_gain(self) -> float:
+        """Rows/s at the largest bucket over rows/s at the smallest (1.0 when unbatched):
+        how much batching raises this model's throughput, from the warm-up timings."""
+        if len(self.invoke_costs) < 2:
+            return 1.0
+        small, large = min(self.invoke_costs), max(self.invoke_costs)
+        per_row_small = self.invoke_costs[small] / small
+        per_row_large = self.invoke_costs[large] / large
+        return per_row_small / per_row_large if per_row_large > 0 else 1.0
 
     @property
     def buckets(self) -> list[int]:
@@ -106,11 +143,22 @@ class ModelRunner:
 
     # -- warm-up ---------------------------------------------------------------------
 
-    def prepare(self, buckets: Sequence[int], samples: Mapping[str, Array] | None = None) -> bool:
+    def prepare(
+        self,
+        buckets: Sequence[int],
+        samples: Mapping[str, Array] | None = None,
+        *,
+        trim: bool = False,
+    ) -> bool:
         """Allocate and run every bucket once. Returns False if the model cannot be resized.
 
         Resizing to a new shape is expensive (tens to hundreds of ms on big models),
         switching between shapes already allocated is cheap, so it all happens here.
+
+        ``trim``: allocate the buckets smallest first and stop after the first (past the
+        smallest) whose rows cost more than ``TRIM_GAIN`` of the best smaller bucket's:
+        larger buckets would hold memory and gain nothing. That bucket stays (its memory
+        is taken already), so rows from different requests may still share an invoke.
         """
         if samples is not None:
             self._check_samples(samples)
@@ -118,22 +166,26 @@ class ModelRunner:
             len(s.shape) >= 1 for s in self.signature.outputs
         )
         costs: dict[int, float] = {}
+        self.trimmed = ""
         if ok:
             try:
-                for b in buckets:
+                for b in sorted(buckets):
                     batch = self._warmup_batch(b, samples)
                     out = self._invoke_at(b, batch)
                     if any(v.shape[:1] != (b,) for v in out.values()):
                         ok = False
                         break
                     costs[b] = self._time_invoke(b, batch)
+                    if trim and len(costs) < len(buckets) and (why := _not_worth(costs, b)):
+                        self.trimmed = why
+                        break
             except InferenceFailed as e:
                 log.info("resize to other batch sizes failed: %s", e)
                 ok = False
         self._samples = samples
         self._resizable = ok
         if ok:
-            self._buckets = sorted(buckets)
+            self._buckets = sorted(costs)
             self._plan = padding_plan(costs)
             self.invoke_costs = costs
             return True
@@ -267,3 +319,29 @@ class ModelRunner:
         }
         out = self._invoke_at(size, feed)
         return out if n == size else {k: v[:n] for k, v in out.items()}
+
+
+class SharedBuckets:
+    """The batch sizes every instance of one model version warms up: the first instance
+    to ask chooses them (trimming, if asked, by its own timings) and the others, and
+    instances rebuilt later, allocate the same ones, so the batch-safety check and the
+    batcher's largest batch hold for all of them (thread-safe)."""
+
+    def __init__(self, wanted: Sequence[int], *, trim: bool) -> None:
+        self._wanted = list(wanted)
+        self._trim = trim
+        self._lock = threading.Lock()
+        self._chosen: list[int] | None = None
+        self.trimmed = ""  # why buckets were left out, as the first instance said
+
+    def prepare(self, model: ModelRunner, samples: Mapping[str, Array] | None) -> bool:
+        """``model.prepare`` at the chosen buckets (choosing them if first)."""
+        with self._lock:
+            if self._chosen is None:
+                ok = model.prepare(self._wanted, samples, trim=self._trim)
+                self._chosen = model.buckets if ok else list(self._wanted)
+                self.trimmed = model.trimmed
+                return ok
+        ok = model.prepare(self._chosen, samples)
+        model.trimmed = self.trimmed
+        return ok

@@ -6,12 +6,12 @@ import logging
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from servekit.errors import BadInput, InferenceFailed
-from servekit.runtime.base import Backend, ModelSignature
+from servekit.runtime.base import Backend, ModelSignature, threads_of
 from servekit.runtime.interpreter import interpreter_class, runtime_name
 from servekit.runtime.runner import ModelRunner
 from servekit.tensors import Array, Quantization, TensorSpec
@@ -137,7 +137,7 @@ class TFLiteSession:
 
 
 def load(content: bytes, config: ModelConfig) -> TFLiteSession:
-    return TFLiteSession(content, config.threads_per_instance)
+    return TFLiteSession(content, threads_of(config))
 
 
 TFLITE = Backend(
@@ -153,5 +153,5 @@ TFLITE = Backend(
 class TFLiteModel(ModelRunner):
     """A ``ModelRunner`` on a TFLite session (for tools and tests that start from bytes)."""
 
-    def __init__(self, content: bytes, *, num_threads: int = 1) -> None:
-        super().__init__(TFLiteSession(content, num_threads))
+    def __init__(self, content: bytes, *, num_threads: int | Literal["auto"] = 1) -> None:
+        super().__init__(TFLiteSession(content, 1 if num_threads == "auto" else num_threads))
