@@ -37,6 +37,7 @@ from servekit.metrics import Metrics
 from servekit.pool import InstancePool, Outputs
 from servekit.runtime import BACKENDS, Backend, ModelRunner, backend_for_file, backend_named
 from servekit.runtime.batchsafety import BatchingDecision, BatchingVerdict
+from servekit.runtime.runner import SharedBuckets
 from servekit.tensors import Array, TensorSpec, check_inputs
 
 log = logging.getLogger(__name__)
@@ -235,10 +236,17 @@ class ServedModel:
             buckets = self.config.buckets()
 
             verdict = BatchingVerdict(self.config.batching)
+            # The first instance picks the buckets (leaving out those that do not pay,
+            # unless the config lists them); the others warm up the same ones.
+            warm = SharedBuckets(
+                [1] if self.config.batching == "off" else buckets,
+                trim=self.config.batch_buckets is None,
+            )
 
-            def make_instance() -> ModelRunner:
-                m = ModelRunner(backend.load(content, self.config))
-                m.prepare([1] if self.config.batching == "off" else buckets, samples)
+            def make_instance(threads: int) -> ModelRunner:
+                config = self.config.model_copy(update={"threads_per_instance": threads})
+                m = ModelRunner(backend.load(content, config))
+                warm.prepare(m, samples)
                 # The first instance verifies; the others, and rebuilds, reuse its answer.
                 if not verdict.decide(m, samples).batched:
                     m.unbatch()
@@ -251,8 +259,13 @@ class ServedModel:
                 self.name,
                 self.config.execution,
                 max_rows=self.config.max_batch_size,
+                threads=self.config.threads_per_instance,
             )
             first = await pool.start()
+            # What 'auto' chose, as numbers (logs, metadata, Triton's instance_group).
+            self.config = self.config.model_copy(
+                update={"instances": pool.size, "threads_per_instance": pool.threads}
+            )
         except Exception as e:
             mm.load_failed()
             self._set_state("UNAVAILABLE", f"failed to load: {e}")
@@ -294,7 +307,7 @@ class ServedModel:
         self._batcher = Batcher(
             pool,
             mm,
-            max_batch_size=self.config.max_batch_size if self.batchable else first.chunk,
+            max_batch_size=first.buckets[-1] if self.batchable else first.chunk,
             max_queue_delay_s=self.config.max_queue_delay_ms / 1000,
             max_queue_size=self.config.max_queue_size,
             timeout_s=self.config.timeout_ms / 1000,
@@ -304,13 +317,13 @@ class ServedModel:
         # Served, but not as configured: the index says why.
         self._set_state("READY", "" if self.batching.batched else self.batching.reason)
         log.info(
-            "model %s v%s ready: %d instance(s), execution %s, buckets %s, runtime %s",
+            "model %s v%s ready: execution %s, buckets %s, runtime %s; %s",
             self.name,
             self.version,
-            self.config.instances,
             self.execution,
             self.buckets or "none",
             self.backend.runtime_name(),
+            pool.describe(),
         )
 
     async def unload(self, drain_timeout_s: float) -> None:
@@ -424,6 +437,8 @@ class ServedModel:
                 "buckets": self.buckets,
                 "max_queue_delay_ms": self.config.max_queue_delay_ms,
                 "instances": self.config.instances,
+                "threads_per_instance": self.config.threads_per_instance,
+                "sizing": self._pool.describe() if self._pool else "",
                 "execution": self.execution,
             },
         }

@@ -38,9 +38,11 @@ from servekit.config import ServerSettings
 # Bytes a legitimate head may hold beyond the URL and the header section (method,
 # version, separators, whitespace).
 HEAD_SLACK = 1024
-# After refusing a head, read and drop what the client still sends for this long, so the
-# answer is not lost to a reset of the connection (closing with unread data sends RST).
+# After refusing a head, read and drop what the client still sends, for this long or
+# this many bytes, so the answer is not lost to a reset of the connection (closing with
+# unread data sends RST).
 LINGER_S = 2.0
+LINGER_BYTES = 8 * 1024 * 1024
 # At shutdown, how long an idle keep-alive connection stays open to answer 503 to a
 # request that was already on its way (at most the drain timeout).
 DRAIN_GRACE_S = 1.0
@@ -121,6 +123,13 @@ class _Refusals:
 
     transport_: asyncio.Transport | None = None
     refused = False
+    dropped = 0  # bytes read and dropped since the refusal
+
+    def drop(self, data: bytes) -> None:
+        """Data after a refusal: dropped, until the linger has taken enough."""
+        self.dropped += len(data)
+        if self.dropped > LINGER_BYTES and self.transport_ is not None:
+            self.transport_.close()
 
     def refuse(self, response: bytes, linger_s: float = LINGER_S) -> None:
         transport = self.transport_
@@ -173,7 +182,8 @@ class HttpToolsLimited(_Refusals, _HttpToolsBase or asyncio.Protocol):  # type: 
 
     def data_received(self, data: bytes) -> None:
         if self.refused:
-            return  # lingering: dropped
+            self.drop(data)
+            return
         if self.refuse_new and not self.pending:  # a new request after shutdown began
             self.refuse(refusal_bytes(503, "server shutting down", (b"retry-after: 1\r\n",)))
             return
@@ -272,6 +282,7 @@ class H11Limited(_Refusals, _H11Base):  # type: ignore[misc]
 
     def data_received(self, data: bytes) -> None:
         if self.refused:
+            self.drop(data)
             return
         if self._buffered_head() + len(data) > self.limits.max_head_bytes:
             self.refuse(refusal_bytes(431, self.limits.headers_too_large()))
