@@ -77,7 +77,9 @@ class Server:
         text = (await self.c.get("/metrics")).text
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in labels.items()
+                ):
                     return float(sample.value)
         return None
 
@@ -92,6 +94,10 @@ async def serve(repo: Path, **settings: Any) -> AsyncIterator[Server]:
         ) as client,
     ):
         yield Server(app, client)
+
+
+def real_path(path: Path) -> str:
+    return os.path.realpath(path)
 
 
 def failure_lines(caplog: pytest.LogCaptureFixture, name: str) -> list[str]:
@@ -257,12 +263,13 @@ async def test_failures_at_start_are_logged_and_listed_without_server_paths(
         assert index[("badconf", "1")]["reason"] == listed[("badconf", "")]["reason"]
         assert index[("linked", "")]["reason"] == listed[("linked", "")]["reason"]
         everything = str(listed) + str(index)
-        assert str(tmp_path) not in everything and str(tmp_path.resolve()) not in everything
+        hidden = (str(tmp_path), real_path(tmp_path))
+        assert not any(h in everything for h in hidden)
 
         for name in ("linked", "badconf", "garbage", "empty"):
             r = await s.predict(name)
             assert r.status_code == 503, (name, r.text)
-            assert str(tmp_path) not in r.text and str(tmp_path.resolve()) not in r.text
+            assert not any(h in r.text for h in hidden)
             # Failed for good: only an operator can change it, a retry storm helps nobody.
             assert "Retry-After" not in r.headers, (name, r.headers)
         assert (await s.predict("good")).status_code == 200

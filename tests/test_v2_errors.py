@@ -439,7 +439,9 @@ def broken_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPr
     shutil.copy(model_path("digits"), repo / "good" / "1" / "model.tflite")
     (repo / "broken" / "1").mkdir(parents=True)
     (repo / "broken" / "1" / "model.tflite").write_bytes(b"this is not a flatbuffer" * 10)
-    server = ServerProcess(str(repo), name="v2-broken")
+    # Strict readiness (Triton's default; servekit's is off): a failed model keeps the
+    # server not ready.
+    server = ServerProcess(str(repo), env={"SERVEKIT_STRICT_READINESS": "true"}, name="v2-broken")
     deadline = time.monotonic() + 60
     while True:  # not "ready" (a model failed): wait until the good one is
         if server.proc.poll() is not None:
@@ -477,6 +479,6 @@ def test_not_ready_model(broken_server: ServerProcess) -> None:
         assert r.status_code == 503 and "broken" in r.json()["error"]
         r = c.post("/v2/models/broken/infer", json={"inputs": [PIXELS]})
         assert r.status_code == 503 and "broken" in r.json()["error"]
-        assert "retry-after" in r.headers
+        assert "retry-after" not in r.headers  # failed for good: no invitation to retry
         r = c.post("/v2/models/good/infer", json={"inputs": [PIXELS]})
         assert r.status_code == 200, r.text
