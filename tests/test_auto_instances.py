@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import io
+import subprocess
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import servekit.cli as cli_module
 import servekit.pool as pool_module
-from conftest import digits_rows, direct_predict, model_path
+from conftest import REPO, digits_rows, direct_predict, model_path
 from servekit.config import ModelConfig
 from servekit.cpus import WORKERS_ENV, CpuBudget, usable_cpus, worker_processes
 from servekit.errors import BadInput
@@ -225,3 +228,19 @@ async def test_listed_buckets_and_numbers_in_the_config_are_kept(rowwise: Path) 
         assert meta["sizing"] == "as configured"
     finally:
         await served.unload(5)
+
+
+def test_workers_auto_is_one_per_usable_cpu() -> None:
+    assert cli_module._worker_count("auto") == usable_cpus()
+    assert cli_module._worker_count("3") == 3
+
+
+def test_workers_must_be_a_number_or_auto() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "servekit", "serve", str(REPO), "--workers", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "--workers must be a positive number or 'auto', got '0'" in done.stderr

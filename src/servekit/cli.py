@@ -188,6 +188,21 @@ class _DrainingServer(uvicorn.Server):
             self.should_exit = True
 
 
+def _worker_count(workers: str) -> int:
+    """``--workers``: a positive number, or 'auto' (one per usable CPU)."""
+    if workers == "auto":
+        from servekit.cpus import usable_cpus
+
+        return usable_cpus()
+    try:
+        count = int(workers)
+    except ValueError:
+        count = 0
+    if count < 1:
+        fail(f"--workers must be a positive number or 'auto', got {workers!r}")
+    return count
+
+
 @app.command()
 def serve(
     model_path: Annotated[
@@ -214,8 +229,12 @@ def serve(
         typer.Option("--config", "-c", help="Server settings YAML (see configs/server.yaml)."),
     ] = None,
     workers: Annotated[
-        int, typer.Option(min=1, help="Server processes (each loads every model).")
-    ] = 1,
+        str,
+        typer.Option(
+            help="Server processes, each loading every model and sizing its models for its "
+            "share of the CPUs; 'auto': one per usable CPU (affinity and cgroup quota).",
+        ),
+    ] = "1",
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error.")] = None,
     model_control_mode: Annotated[
         str | None,
@@ -339,14 +358,18 @@ def serve(
         **uvicorn_options(settings),
         **_tls_options(settings),
     }
-    if workers > 1:
+    processes = _worker_count(workers)
+    if processes > 1:
+        from servekit.cpus import WORKERS_ENV
         from servekit.server.monitoring import multiprocess_metrics, serve_metrics_port
+
+        os.environ[WORKERS_ENV] = str(processes)  # each worker sizes its models for its share
 
         # Set before the workers start: each records into files there, /metrics sums them.
         with multiprocess_metrics():
             if settings.metrics_port is not None:  # the parent serves the sum of all workers
                 serve_metrics_port(settings.host, settings.metrics_port, None)
-            uvicorn.run(APP_FACTORY, workers=workers, **config_kwargs)
+            uvicorn.run(APP_FACTORY, workers=processes, **config_kwargs)
     else:
         # The app is made here (from the same settings the factory would read), so
         # that a failed start-up can be told in one line, by this command.
