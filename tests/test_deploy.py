@@ -729,13 +729,20 @@ def test_entrypoint_serves_one_file_a_model_path_and_rejects_a_folder_without_mo
         "--volume",
         f"{REPO / 'digits' / '1' / 'model.tflite'}:/models/handwriting.tflite:ro",
     )
-    # A folder with something in it but no <model>/<version>/model.tflite: servekit
+    # A folder with something in it but no model (a SavedModel, not converted): servekit
     # says what it expected and exits 2 (no demo model standing in for a mistake).
     tmp_path.chmod(0o755)
-    (tmp_path / "digits").mkdir(mode=0o755)
-    (tmp_path / "digits" / "model.tflite").write_bytes(b"")
-    (tmp_path / "digits" / "model.tflite").chmod(0o644)
-    wrong = Container(docker, image, "--volume", f"{tmp_path}:/models:ro")
+    wrong_dir = tmp_path / "wrong"
+    (wrong_dir / "digits").mkdir(mode=0o755, parents=True)
+    wrong_dir.chmod(0o755)
+    (wrong_dir / "digits" / "saved_model.pb").write_bytes(b"")
+    (wrong_dir / "digits" / "saved_model.pb").chmod(0o644)
+    wrong = Container(docker, image, "--volume", f"{wrong_dir}:/models:ro")
+    # A fresh volume mounted at /models (only lost+found): an error too, not the demo.
+    empty_dir = tmp_path / "empty"
+    (empty_dir / "lost+found").mkdir(mode=0o755, parents=True)
+    empty_dir.chmod(0o755)
+    empty = Container(docker, image, "--volume", f"{empty_dir}:/models:ro")
 
     single.wait_ready()
     models = httpx.get(f"{single.url}/v1/models", timeout=10).json()
@@ -744,6 +751,9 @@ def test_entrypoint_serves_one_file_a_model_path_and_rejects_a_folder_without_mo
 
     assert wrong.wait_exit() == 2, wrong.logs()
     assert "no models in /models" in wrong.logs()
+    assert empty.wait_exit() == 2, empty.logs()
+    assert "the volume mounted at /models is empty" in empty.logs()
+    assert "serving the bundled demo model" not in empty.logs()
 
     kserve_like.wait_ready()
     served = {m["name"] for m in httpx.get(f"{kserve_like.url}/v1/models", timeout=10).json()}
