@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from conftest import REPO, ROOT
+from conftest import NO_GRPC, REPO, ROOT, free_port
 from servekit.config import ModelConfig, ServerSettings, load_settings
 from servekit.errors import BadInput
 
@@ -106,3 +110,139 @@ def test_help_has_examples() -> None:
     for args in (["--help"], ["serve", "--help"], ["inspect", "--help"]):
         r = servekit(*args)
         assert r.returncode == 0 and "Example" in r.stdout, r.stdout
+
+
+# -- start-up failures of `servekit serve`: one line too (issue 21, defect 8) --------------
+
+# An 824-byte TFLite model whose one op is Digamma, a custom op no runtime here resolves
+# (tf.math.digamma converted with allow_custom_ops=True by TensorFlow 2.21).
+CUSTOM_OP_TFLITE = base64.b64decode(
+    "HAAAAFRGTDMUACAAHAAYABQAEAAMAAAACAAEABQAAAAcAAAAhAAAANwAAACMAQAAnAEAANQCAAADAAAAAQAAABAA"
+    "AAAAAAoAEAAMAAgABAAKAAAADAAAABwAAAA0AAAADwAAAHNlcnZpbmdfZGVmYXVsdAABAAAABAAAAKT///8BAAAA"
+    "BAAAAAEAAAB5AAAAAQAAAAQAAAAO////BAAAAAEAAAB4AAAAAgAAADQAAAAEAAAA3P///wQAAAAEAAAAEwAAAENP"
+    "TlZFUlNJT05fTUVUQURBVEEACAAMAAgABAAIAAAAAwAAAAQAAAATAAAAbWluX3J1bnRpbWVfdmVyc2lvbgAFAAAA"
+    "rAAAAKQAAACcAAAAfAAAAAQAAACS////BAAAAGAAAAAMAAAACAAMAAgABAAIAAAAEAAAACgAAAAIAAwACAAHAAgA"
+    "AAAAAAABBAAAAAAAAAAMABgAFAAQAAwABAAMAAAAzNL3DRM9IN8DAAAAAgAAAAQAAAAGAAAAMi4yMS4wAAAAAAYA"
+    "CAAEAAYAAAAEAAAAEAAAAAAAAAAAAAAAAAAAAAAAAADQ/v//1P7//9j+//8PAAAATUxJUiBDb252ZXJ0ZWQuAAEA"
+    "AAAUAAAAAAAOABgAFAAQAAwACAAEAA4AAAAUAAAAHAAAAGAAAABkAAAAaAAAAAQAAABtYWluAAAAAAEAAAAUAAAA"
+    "EAAQAAAADAAIAAAAAAAEABAAAAAMAAAAGAAAABwAAAAMAAAAVAABAwEBAQAEAiQBAQAAAAEAAAABAAAAAAAAAAEA"
+    "AAABAAAAAQAAAAAAAAACAAAAYAAAAAQAAAC+////AAAAARAAAAAQAAAAAgAAACAAAACo////EQAAAFBhcnRpdGlv"
+    "bmVkQ2FsbDowAAAAAgAAAAEAAAAEAAAAAAAWABgAFAAAABAADAAIAAAAAAAAAAcAFgAAAAAAAAEUAAAAFAAAAAEA"
+    "AAAkAAAABAAEAAQAAAATAAAAc2VydmluZ19kZWZhdWx0X3g6MAACAAAAAQAAAAQAAAABAAAAEAAAAAwAEAAPAAgA"
+    "AAAEAAwAAAAgAAAACAAAAAAAACAHAAAARGlnYW1tYQA="
+)
+
+# ai-edge-litert's C++ side prints this itself when it makes an interpreter.
+RUNTIME_BANNER = "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+
+
+def serve_fails(*args: str, env: dict[str, str] | None = None) -> str:
+    """Run `servekit serve` that must fail at start-up; its one line on stderr."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SERVEKIT_")}
+    full_env.update({**NO_GRPC, **(env or {})})
+    r = subprocess.run(
+        [sys.executable, "-m", "servekit", "serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=full_env,
+    )
+    assert r.returncode != 0, r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and ln != RUNTIME_BANNER]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+def test_serve_a_custom_op_model_fails_in_one_line(tmp_path: Path) -> None:
+    model = tmp_path / "digamma.tflite"
+    model.write_bytes(CUSTOM_OP_TFLITE)
+    line = serve_fails(str(model), "--port", str(free_port()))
+    assert "model 'digamma' failed to load" in line and "custom op: Digamma" in line
+
+
+def test_serve_a_text_file_named_tflite_fails_in_one_line(tmp_path: Path) -> None:
+    model = tmp_path / "notes.tflite"
+    model.write_text("not a model\n")
+    line = serve_fails(str(model), "--port", str(free_port()))
+    assert "not a TFLite model" in line and "notes" in line
+
+
+def test_serve_with_a_key_that_does_not_match_its_certificate_fails_in_one_line(
+    pki: Path,
+) -> None:
+    env = {
+        "SERVEKIT_SSL_CERTFILE": str(pki / "server.pem"),
+        "SERVEKIT_SSL_KEYFILE": str(pki / "client.key"),
+    }
+    line = serve_fails("--port", str(free_port()), env=env)
+    assert "server.pem" in line and "client.key" in line and "mismatch" in line.lower()
+
+
+def test_serve_with_a_missing_certificate_fails_in_one_line(pki: Path, tmp_path: Path) -> None:
+    env = {
+        "SERVEKIT_SSL_CERTFILE": str(tmp_path / "missing.pem"),
+        "SERVEKIT_SSL_KEYFILE": str(pki / "server.key"),
+    }
+    line = serve_fails("--port", str(free_port()), env=env)
+    assert "missing.pem" in line and "No such file" in line
+    env["SERVEKIT_SSL_CA_CERTS"] = str(tmp_path / "missing-ca.pem")
+    env["SERVEKIT_SSL_CERTFILE"] = str(pki / "server.pem")
+    line = serve_fails("--port", str(free_port()), env=env)
+    assert "missing-ca.pem" in line
+
+
+def test_serve_on_a_port_in_use_fails_in_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = serve_fails("--port", str(port))
+    assert f"127.0.0.1:{port}" in line and "in use" in line
+
+
+def test_serve_flags_reach_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every flag of `serve` that maps to a setting: its name and its default."""
+    from typer.testing import CliRunner
+
+    from servekit import cli
+
+    seen: dict[str, Any] = {}
+
+    def fake_load_settings(config: Path | None, **flags: Any) -> ServerSettings:
+        seen.update(flags)
+        raise BadInput("stop here")
+
+    monkeypatch.setattr(cli, "load_settings", fake_load_settings)
+    args = [
+        "serve",
+        "--strict-readiness",
+        "--no-exit-on-error",
+        "--drain-timeout",
+        "0.5",
+        "--timeout-keep-alive",
+        "620",
+        "--max-header-bytes",
+        "32768",
+        "--max-header-count",
+        "50",
+        "--max-url-bytes",
+        "4096",
+    ]
+    result = CliRunner().invoke(cli.app, args)
+    assert result.exit_code == 2, result.output
+    expected = {
+        "strict_readiness": True,
+        "exit_on_error": False,
+        "drain_timeout_s": 0.5,
+        "timeout_keep_alive_s": 620.0,
+        "max_header_bytes": 32768,
+        "max_header_count": 50,
+        "max_url_bytes": 4096,
+    }
+    assert {k: seen.get(k) for k in expected} == expected
+    defaults = ServerSettings()
+    assert (defaults.strict_readiness, defaults.exit_on_error) == (False, False)
+    assert defaults.timeout_keep_alive_s == 75.0
