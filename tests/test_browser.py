@@ -14,7 +14,9 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +26,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, Route, sync_playwright
 
-from conftest import ARTIFACTS, ServerProcess
+from conftest import ARTIFACTS, MODELS, REPO, ServerProcess
 from servekit.server import docs
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -230,3 +232,134 @@ def test_vendored_assets_match_their_sources() -> None:
         on_disk = {f"{folder.name}/{p.name}" for p in folder.iterdir()}
         assert on_disk == {r for r in recorded if r.startswith(f"{folder.name}/")}
     assert "cdn.redoc.ly" not in (static / "redoc" / "redoc.standalone.js").read_text()
+
+
+# -- image models, API keys -----------------------------------------------------------------
+
+INFER = "/v2/models/{model_name}/infer"
+IMAGE_MODELS = 6  # as many as the MediaPipe set that took /docs 16-20 s to render
+
+
+@pytest.fixture(scope="module")
+def image_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The digits model and six 224x224x3 image models (tests/models/image)."""
+    repo = tmp_path_factory.mktemp("images") / "repo"
+    shutil.copytree(REPO / "digits", repo / "digits")
+    for i in range(IMAGE_MODELS):
+        shutil.copytree(MODELS / "image" / "image", repo / f"image{i}")
+    server = ServerProcess(str(repo), name="images").wait_ready()
+    yield server
+    assert server.stop() == 0, server.log()
+
+
+def test_docs_with_image_models_render_fast_and_run_the_small_one(
+    offline: Offline, image_server: ServerProcess
+) -> None:
+    """Image models' examples are abridged: the page renders at once, the infer
+    operation expands and shows them, and the small model's example runs in one click."""
+    size = len(httpx.get(f"{image_server.url}/openapi.json").content)
+    page = offline.page
+    started = time.monotonic()
+    page.goto(f"{image_server.url}/docs")
+    block = open_operation(page, INFER)
+    select = block.locator("select.examples-select-element")
+    select.wait_for()
+    rendered_s = time.monotonic() - started
+    options = [o.get_attribute("value") for o in select.locator("option").all()]
+    assert options == ["digits", *(f"image{i}" for i in range(IMAGE_MODELS))]
+    select.select_option("image2")
+    example = block.locator(".body-param__example, .example").first.inner_text()
+    assert '"shape"' in example and "224" in example, example
+    block.get_by_role("button", name="Try it out").click()
+    select.select_option("digits")
+    with page.expect_response(lambda r: "/v2/models/digits/infer" in r.url):
+        block.get_by_role("button", name="Execute").click()
+    live = block.locator(".live-responses-table tbody tr.response").first
+    live.locator(".response-col_status").wait_for()
+    assert live.locator(".response-col_status").inner_text().strip() == "200"
+    body = json.loads(live.locator(".highlight-code code").inner_text())
+    assert body["model_name"] == "digits" and body["outputs"][0]["shape"] == [1, 10]
+    block.scroll_into_view_if_needed()
+    block.screenshot(path=ARTIFACTS / "docs-image-models.png")
+    (ARTIFACTS / "docs-image-models.json").write_text(
+        json.dumps({"openapi_bytes": size, "docs_rendered_and_infer_expanded_s": rendered_s})
+    )
+    # Measured 26 MB for ten such models before examples were abridged (16-20 s to
+    # render with six); bounds allow for a loaded machine.
+    assert size < 200 * 1024, size
+    assert rendered_s < 10, rendered_s
+    offline.assert_loopback_only()
+
+
+@pytest.fixture(scope="module")
+def keyed_server() -> Iterator[ServerProcess]:
+    server = ServerProcess(
+        str(REPO / "digits" / "1" / "model.tflite"),
+        env={"SERVEKIT_API_KEYS": '["key-one"]'},
+        name="keyed-docs",
+    ).wait_ready()
+    yield server
+    assert server.stop() == 0, server.log()
+
+
+def status_of_execute(page: Page, block: Locator, model: str) -> int:
+    """Click Execute; the status the server answered (read from the network: the
+    table of a second Execute shows the first's answer until it is replaced)."""
+    with page.expect_response(lambda r: f"/v1/models/{model}:predict" in r.url) as answer:
+        block.get_by_role("button", name="Execute").click()
+    return answer.value.status
+
+
+def authorize(page: Page, key: str | None) -> None:
+    """Swagger UI's "Authorize" dialog: log out of the X-API-Key scheme, then log in
+    with ``key`` (None: stay logged out)."""
+    page.locator(".auth-wrapper .authorize").click()
+    dialog = page.locator(".dialog-ux .modal-ux")
+    scheme = dialog.locator(".auth-container", has_text="X-API-Key")
+    scheme.wait_for()
+    # (Swagger UI labels these buttons "Remove authorization", "Apply credentials".)
+    logout = scheme.locator("button", has_text="Logout")
+    if logout.count():
+        logout.click()
+    if key is not None:
+        scheme.locator("input").fill(key)
+        scheme.locator("button", has_text="Authorize").click()
+    dialog.locator("button.close-modal").click()
+
+
+def test_swagger_ui_asks_for_the_api_key_and_authorize_sends_it(
+    offline: Offline, keyed_server: ServerProcess
+) -> None:
+    """With API keys, the document needs one: the page asks, loads with it, and
+    "Authorize" (declared in the document) holds it for Try it out."""
+    page = offline.page
+    page.goto(f"{keyed_server.url}/docs")
+    form = page.locator("#servekit-api-key")
+    form.wait_for()
+    assert "needs an API key" in form.inner_text()
+    form.locator("input").fill("key-one")
+    with page.expect_response(lambda r: r.url.endswith("/openapi.json") and r.status == 200):
+        form.get_by_role("button", name="Use this key").click()
+    block = open_operation(page, PREDICT)
+    block.get_by_role("button", name="Try it out").click()
+    status, body = execute(page, block, "model")
+    assert status == "200", body
+    authorize(page, None)
+    assert status_of_execute(page, block, "model") == 401
+    authorize(page, "key-one")
+    assert status_of_execute(page, block, "model") == 200
+    page.screenshot(path=ARTIFACTS / "docs-api-key.png")
+    assert offline.blocked == []
+    # The only console error: the browser's report of the document's first 401.
+    assert all("401" in e for e in offline.errors), offline.errors
+
+
+def test_redoc_asks_for_the_api_key(offline: Offline, keyed_server: ServerProcess) -> None:
+    page = offline.page
+    page.goto(f"{keyed_server.url}/redoc")
+    form = page.locator("#servekit-api-key")
+    form.locator("input").fill("key-one")
+    form.get_by_role("button", name="Use this key").click()
+    page.get_by_role("heading", name=re.compile(r"^servekit \(")).wait_for()
+    assert offline.blocked == []
+    assert all("401" in e for e in offline.errors), offline.errors

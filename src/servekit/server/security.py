@@ -147,13 +147,13 @@ API_KEY_SCHEMES: dict[str, dict[str, str]] = {
     "APIKeyBearer": {
         "type": "http",
         "scheme": "bearer",
-        "description": "An API key (SERVEKIT_API_KEYS) as 'Authorization: Bearer <key>'.",
+        "description": "An API key (SERVEKIT_API_KEYS), sent as `Authorization: Bearer KEY`.",
     },
     "APIKeyHeader": {
         "type": "apiKey",
         "in": "header",
         "name": "X-API-Key",
-        "description": "An API key (SERVEKIT_API_KEYS) as 'X-API-Key: <key>'.",
+        "description": "An API key (SERVEKIT_API_KEYS), sent as `X-API-Key: KEY`.",
     },
 }
 
