@@ -20,8 +20,9 @@ def build_router() -> APIRouter:
     @router.get(
         "/v2/health/ready",
         response_model=ReadyResponse,
-        responses={503: {"model": ReadyResponse, "description": "Some model is not ready"}},
-        summary="Every model due to load is ready",
+        responses={503: {"model": ReadyResponse, "description": "Not ready (see the summary)"}},
+        summary="Ready: start-up loading is over and a model serves (strict_readiness: "
+        "every model), and the server is not draining",
     )
     async def ready(request: Request) -> Response:
         plane: DataPlane = request.app.state.dataplane
