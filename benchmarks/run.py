@@ -1,8 +1,10 @@
 """How close servekit gets to its two limits, measured in one run on one machine.
 
-For each benchmark model (built by ``make_bench_models.py`` into ``benchmarks/build``),
-in each runtime (``--runtimes``: the TFLite file, ``tiny``, and its ONNX export,
-``tiny_onnx``, run one after the other):
+For each case (a benchmark model built by ``make_bench_models.py`` into
+``benchmarks/build``, over one protocol: ``tiny`` v1 JSON, ``wide`` V2 JSON and
+``wide_binary``, ``mobilenet_v2`` V2 binary and ``mobilenet_v2_json``), in each runtime
+(``--runtimes``: the TFLite file, ``tiny``, and its ONNX export, ``tiny_onnx``, run one
+after the other), on each server of ``--variants``:
 
 (a) **raw runtime**: ai-edge-litert (or onnxruntime) in this process, no HTTP, the same
     threads as the server (``instances`` interpreters or sessions, each in its own
@@ -18,9 +20,14 @@ in each runtime (``--runtimes``: the TFLite file, ``tiny``, and its ONNX export,
     body and answers with the bytes of a real servekit response to it. Same load
     generator as (c). It depends on the bytes, not the runtime: measured once per
     benchmark model (after its first runtime's servers) and shared by both runtimes.
-(c) **servekit**, batching on (``max_batch_size`` 32, 64 for ``wide``,
-    ``max_queue_delay_ms`` 0) and off (``max_batch_size`` 1), same instances, every
-    other setting its default (gRPC on free ports, idle).
+(c) **servekit with its defaults**: no config.yaml at all, as a new user runs it
+    (instances, threads and buckets sized at load: the chosen ones and why are in the
+    results, ``served_as``); the same with ``--workers 2`` (``tiny`` and
+    ``mobilenet_v2_json``); and servekit's ASGI app under **granian** (``--interface
+    asgi``, gRPC off), beside the bare floor under granian.
+(c') **servekit tuned** (a config.yaml): batching on (``max_batch_size`` 32, 64 for
+    ``wide``, ``max_queue_delay_ms`` 0) and off (``max_batch_size`` 1), the case's
+    instances, every other setting its default (gRPC on free ports, idle).
 (d) **lean bound**: ``lean_asgi.py``, servekit's core (validation, batcher, instances,
     model metrics) behind the least HTTP code, batching on: the most any Python
     request path on this stack could reach. Reported next to each target.
@@ -36,8 +43,8 @@ raw interpreter's output.
 Writes ``benchmarks/results/<model>.json``, ``<model>.png`` (``tiny``, ``tiny_onnx``, ...)
 and ``summary.md`` (with a TFLite / ONNX Runtime table when both ran).
 
-    .venv/bin/python benchmarks/run.py                      # everything, ~11 minutes
-    .venv/bin/python benchmarks/run.py --runtimes tflite    # the TFLite files, ~6 minutes
+    .venv/bin/python benchmarks/run.py --runtimes tflite --duration 4   # ~16 minutes
+    .venv/bin/python benchmarks/run.py                      # both runtimes, ~35 minutes
     .venv/bin/python benchmarks/run.py --models tiny --duration 2 --concurrency 1 64
 
 Needs matplotlib, onnxruntime, TensorFlow and tf2onnx (to build the models:
@@ -64,12 +71,14 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import orjson
 from ai_edge_litert.interpreter import Interpreter
 from server_process import ChildServer, ServerProcess
 
 from servekit.bench import Fill, InputMeta, Protocol, encode_request, make_arrays
+from servekit.cpus import cpu_budget
 from servekit.loadgen import RawClient
 from servekit.runtime.onnx import session_options
 
@@ -99,11 +108,18 @@ class Case:
     instances: int
     threads_per_instance: int = 1
     runtime: str = "tflite"
+    suffix: str = ""  # told apart from the same model over another protocol
+    workers_ab: bool = False  # also served with defaults by 2 worker processes
 
     @property
     def model(self) -> str:
         """The name it is served as: ``tiny``, ``tiny_onnx``."""
         return self.zoo if self.runtime == "tflite" else f"{self.zoo}_{self.runtime}"
+
+    @property
+    def key(self) -> str:
+        """The name of its results: ``mobilenet_v2``, ``mobilenet_v2_json``."""
+        return self.model + self.suffix
 
     @property
     def path(self) -> Path:
@@ -118,18 +134,33 @@ class Case:
         return {"model": self.model, **asdict(self), "protocol": self.protocol.value}
 
 
-# How each model is served on a 2-core machine. The dense models get one interpreter
-# thread (the event loop needs the other core). MobileNetV2 gets two instances of one
-# thread: measured here against one instance of two threads (--instances
-# mobilenet_v2=1:2), ~10% more raw and server samples/s, for twice the batch-1 latency.
-# Each runtime serves a model the same way.
+# How each model is served, tuned for a 2-core machine (the ``batching_on`` and
+# ``batching_off`` rows; the ``defaults`` rows serve it with no config.yaml at all). The
+# dense models get one interpreter thread (the event loop needs the other core).
+# MobileNetV2 gets two instances of one thread: measured here against one instance of
+# two threads (--instances mobilenet_v2=1:2), ~10% more raw and server samples/s, for
+# twice the batch-1 latency. Each runtime serves a model the same way.
+MOBILENET = Case("mobilenet_v2", "image", (224, 224, 3), Protocol.v2_binary, 32, instances=2)
+WIDE = Case("wide", "x", (512,), Protocol.v2, 64, instances=1)
 CASES = {
-    "tiny": Case("tiny", "x", (64,), Protocol.v1, 32, instances=1),
-    "wide": Case("wide", "x", (512,), Protocol.v2, 64, instances=1),
-    "mobilenet_v2": Case(
-        "mobilenet_v2", "image", (224, 224, 3), Protocol.v2_binary, 32, instances=2
-    ),
+    "tiny": Case("tiny", "x", (64,), Protocol.v1, 32, instances=1, workers_ab=True),
+    "wide": WIDE,
+    "wide_binary": replace(WIDE, protocol=Protocol.v2_binary, suffix="_binary"),
+    "mobilenet_v2": MOBILENET,
+    "mobilenet_v2_json": replace(MOBILENET, protocol=Protocol.v2, suffix="_json", workers_ab=True),
 }
+
+# Every kind of server a case may be measured on (``--variants``), in run order.
+VARIANTS = (
+    "batching_on",  # servekit, the tuned config.yaml
+    "batching_off",  # the same with max_batch_size 1
+    "defaults",  # servekit with no config.yaml: what a new user gets
+    "defaults_workers2",  # the same, --workers 2 (cases with workers_ab)
+    "granian",  # servekit with no config.yaml, its ASGI app under granian
+    "bare_asgi",  # the bare floor under uvicorn
+    "bare_granian",  # the bare floor under granian
+    "lean",  # servekit's core behind the least HTTP code
+)
 
 
 # -- machine state -------------------------------------------------------------------
@@ -373,6 +404,49 @@ def variant_repo(case: Case, variant: str, max_batch_size: int) -> Path:
     return folder
 
 
+def defaults_repo(case: Case) -> Path:
+    """A one-model repository with no config.yaml: servekit's defaults."""
+    folder = BUILD / "repos" / f"{case.model}-defaults"
+    version = folder / case.model / "1"
+    version.mkdir(parents=True, exist_ok=True)
+    (folder / case.model / "config.yaml").unlink(missing_ok=True)
+    target = version / case.path.name
+    if target.exists():
+        target.unlink()
+    try:
+        os.link(case.path, target)
+    except OSError:
+        shutil.copyfile(case.path, target)
+    return folder
+
+
+def granian_app(
+    target: str, env: dict[str, str], log_name: str, workers: int, ready_path: str
+) -> ChildServer:
+    """An ASGI app under granian (Rust HTTP server; uvloop, no access log, no websockets,
+    same workers). ``target`` ending in ``()`` is a factory."""
+    factory = target.endswith("()")
+    command = [sys.executable, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1"]
+    command += ["--loop", "uvloop", "--http", "1", "--no-ws"]  # wrk speaks HTTP/1.1 only
+    command += ["--log-level", "warning", "--no-access-log"]
+    command += ["--workers", str(workers)] + (["--factory"] if factory else [])
+    command.append(target.removesuffix("()"))
+    env = {**env, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    log_path = BUILD / f"{log_name}.log"
+    return ChildServer(command, env=env, log_path=log_path, ready_path=ready_path)
+
+
+def granian_servekit(name: str, repo: Path, workers: int) -> ChildServer:
+    """servekit's ASGI app (``create_app_from_env``) on ``repo`` under granian; its
+    gRPC ports off (idle in the uvicorn rows, they cost nothing there either)."""
+    env = {"SERVEKIT_MODEL_PATH": str(repo), "SERVEKIT_LOG_LEVEL": "warning"}
+    env |= {"SERVEKIT_GRPC_PORT": "0", "SERVEKIT_TFS_GRPC_PORT": "0"}
+    if workers > 1:
+        env["SERVEKIT_WORKERS"] = str(workers)
+    target = "servekit.server.app:create_app_from_env()"
+    return granian_app(target, env, f"granian-{name}", workers, "/v2/health/ready")
+
+
 def uvicorn_app(
     target: str, env: dict[str, str], log_name: str, workers: int, ready_path: str
 ) -> ChildServer:
@@ -398,6 +472,19 @@ def bare_server(
     if header_length:
         env["BARE_HEADER_LENGTH"] = header_length
     return uvicorn_app("bare_asgi:app", env, f"bare-{name}", workers, "/")
+
+
+def bare_granian_server(
+    name: str, response: bytes, content_type: str, header_length: str | None, workers: int
+) -> ChildServer:
+    """``bare_asgi:app`` under granian, answering every request with ``response``."""
+    BUILD.mkdir(exist_ok=True)
+    body_file = BUILD / f"bare-response-{name}.bin"
+    body_file.write_bytes(response)
+    env = {"BARE_RESPONSE_FILE": str(body_file), "BARE_CONTENT_TYPE": content_type}
+    if header_length:
+        env["BARE_HEADER_LENGTH"] = header_length
+    return granian_app("bare_asgi:app", env, f"bare-granian-{name}", workers, "/")
 
 
 def lean_server(name: str, repo: Path, workers: int) -> ChildServer:
@@ -507,12 +594,13 @@ def bench_model(
     seconds: float,
     warmup: float,
     workers: int,
-    bare: dict[str, Any] | None = None,
+    variants: list[str],
+    floors: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Every row of one case; ``bare``: the bare floor measured for the same request in
-    another runtime (else measured here)."""
+    """Every row of one case; ``floors``: the bare floors measured for the same request
+    in another runtime (else measured here)."""
     print(
-        f"== {case.model} ({RUNTIME_LABELS[case.runtime]}, {case.protocol.value}, "
+        f"== {case.key} ({RUNTIME_LABELS[case.runtime]}, {case.protocol.value}, tuned: "
         f"{case.instances} instance(s) x {case.threads_per_instance} thread(s), "
         f"{workers} worker(s))",
         flush=True,
@@ -531,10 +619,11 @@ def bench_model(
     arrays[case.input_name] = x
     request = encode_request(case.model, arrays, case.protocol)
     header_length = request.headers.get("Inference-Header-Content-Length")
-    body_file = BUILD / f"request-{case.model}.bin"
+    body_file = BUILD / f"request-{case.key}.bin"
     body_file.write_bytes(request.body)
     want = reference_output(case, x)
-    serve_args = ["--log-level", "warning"] + (["--workers", str(workers)] if workers > 1 else [])
+    log_level = ["--log-level", "warning"]
+    serve_args = log_level + (["--workers", str(workers)] if workers > 1 else [])
 
     def measure(server_url: str, pid: int) -> list[dict[str, Any]]:
         """This model's request at every concurrency against one server."""
@@ -553,63 +642,89 @@ def bench_model(
 
     result: dict[str, Any] = {"raw": raw}
     response: tuple[bytes, str, str | None] | None = None
-    for variant, mbs in (("batching_on", case.max_batch_size), ("batching_off", 1)):
-        repo = variant_repo(case, variant, mbs)
-        log = BUILD / f"servekit-{case.model}-{variant}.log"
-        with ServerProcess(repo, *serve_args, log_path=log) as server:
-            status, body, headers = asyncio.run(
-                send_once(
-                    server.url, request.path, request.body, request.content_type, request.headers
-                )
-            )
-            if status != 200:
-                raise RuntimeError(f"{case.model} {variant}: {status} {body[:300]!r}")
-            check_response(case, body, headers, want)
-            response = (
-                body,
-                headers["content-type"],
-                headers.get("inference-header-content-length"),
-            )
-            print(f"  servekit, {variant.replace('_', ' ')} (max_batch_size {mbs}):", flush=True)
-            result[variant] = {
-                "max_batch_size": mbs,
-                "startup_rss_mb": rss_mb(server.proc.pid),
-                "points": measure(server.url, server.proc.pid),
-            }
-        print(f"  raw batch-1 invoke again: {batch1.measure():.3f} ms", flush=True)
-    assert response is not None
-    if bare is not None:
-        result["bare_asgi"] = bare
-        print(f"  bare ASGI floor: {bare['measured_for']}'s", flush=True)
-    else:
-        print("  bare ASGI floor:", flush=True)
-        with bare_server(case.model, *response, workers=workers) as floor:
-            result["bare_asgi"] = {
-                "measured_for": case.model,
-                "response_bytes": len(response[0]),
-                "points": measure(floor.url, floor.proc.pid),
-            }
-        print(f"  raw batch-1 invoke again: {batch1.measure():.3f} ms", flush=True)
-    print("  lean bound (servekit's core, least HTTP code; batching on):", flush=True)
-    repo = variant_repo(case, "batching_on", case.max_batch_size)
-    with lean_server(case.model, repo, workers) as lean:
+
+    def checked(server: ChildServer, label: str) -> None:
+        """One request answered as the raw runtime answers it; keeps the response."""
+        nonlocal response
         status, body, headers = asyncio.run(
-            send_once(lean.url, request.path, request.body, request.content_type, request.headers)
+            send_once(server.url, request.path, request.body, request.content_type, request.headers)
         )
         if status != 200:
-            raise RuntimeError(f"{case.model} lean: {status} {body[:300]!r}")
+            raise RuntimeError(f"{case.key} {label}: {status} {body[:300]!r}")
         check_response(case, body, headers, want)
-        result["lean"] = {"points": measure(lean.url, lean.proc.pid)}
-    print(f"  raw batch-1 invoke again: {batch1.measure():.3f} ms", flush=True)
+        response = (
+            body,
+            headers["content-type"],
+            headers.get("inference-header-content-length"),
+        )
+
+    for variant in variants:
+        if variant == "defaults_workers2" and (not case.workers_ab or workers > 1):
+            continue
+        if variant in ("bare_asgi", "bare_granian"):
+            if floors is not None and variant in floors:
+                result[variant] = floors[variant]
+                print(f"  {variant}: {floors[variant]['measured_for']}'s", flush=True)
+                continue
+            assert response is not None, "a servekit variant runs before the floors"
+            print(f"  {variant.replace('_', ' ')}:", flush=True)
+            run = bare_server if variant == "bare_asgi" else bare_granian_server
+            with run(case.key, *response, workers=workers) as floor:
+                result[variant] = {
+                    "measured_for": case.key,
+                    "response_bytes": len(response[0]),
+                    "points": measure(floor.url, floor.proc.pid),
+                }
+        elif variant == "lean":
+            print("  lean bound (servekit's core, least HTTP code; batching on):", flush=True)
+            repo = variant_repo(case, "batching_on", case.max_batch_size)
+            with lean_server(case.key, repo, workers) as lean:
+                checked(lean, variant)
+                result["lean"] = {"points": measure(lean.url, lean.proc.pid)}
+        else:
+            server: ChildServer
+            log = BUILD / f"servekit-{case.key}-{variant}.log"
+            entry: dict[str, Any] = {}
+            if variant in ("batching_on", "batching_off"):
+                mbs = case.max_batch_size if variant == "batching_on" else 1
+                entry["max_batch_size"] = mbs
+                server = ServerProcess(variant_repo(case, variant, mbs), *serve_args, log_path=log)
+            elif variant == "defaults":
+                server = ServerProcess(defaults_repo(case), *serve_args, log_path=log)
+            elif variant == "defaults_workers2":
+                entry["workers"] = 2
+                server = ServerProcess(
+                    defaults_repo(case), *log_level, "--workers", "2", log_path=log
+                )
+            else:  # granian
+                server = granian_servekit(case.key, defaults_repo(case), workers)
+            with server:
+                checked(server, variant)
+                entry["served_as"] = served_as(server.url, case.model)
+                print(f"  servekit, {variant.replace('_', ' ')}: {entry['served_as']}", flush=True)
+                entry["startup_rss_mb"] = rss_mb(server.proc.pid)
+                entry["points"] = measure(server.url, server.proc.pid)
+            result[variant] = entry
+        print(f"  raw batch-1 invoke again: {batch1.measure():.3f} ms", flush=True)
+    assert response is not None
     raw["invoke_batch1_ms_runs"] = batch1.medians_ms
     raw["invoke_batch1_ms"] = min(batch1.medians_ms)
     return {
-        "model": case.model,
+        "model": case.key,
         "case": case.to_dict(),
         "request_bytes": len(request.body),
         "response_bytes": len(response[0]),
         **result,
     }
+
+
+def served_as(url: str, model: str) -> dict[str, Any]:
+    """How the server serves ``model`` (its metadata's batching part): instances,
+    threads, buckets, execution and why."""
+    r = httpx.get(f"{url}/v2/models/{model}", timeout=10, trust_env=False)
+    batching = r.json().get("parameters", {}).get("batching", {})
+    keys = ("instances", "threads_per_instance", "buckets", "execution", "sizing")
+    return {k: batching.get(k) for k in keys}
 
 
 def check_response(case: Case, body: bytes, headers: dict[str, str], want: np.ndarray) -> None:
@@ -656,10 +771,20 @@ def cpu_bound(result: dict[str, Any], concurrency: int, cpus: int) -> float | No
     return round(cpus / (compute + transport) / samples_per_s, 3)
 
 
+# MobileNetV2 over JSON at 8 connections with the defaults before issue 23 (its table).
+MOBILENET_JSON_C8_BEFORE = 36.0
+
+
+def ratio(
+    a: dict[str, Any] | None, b: dict[str, Any] | None, key: str = "throughput_rps"
+) -> float | None:
+    return round(a[key] / b[key], 3) if a and b and b[key] else None
+
+
 def targets(results: dict[str, dict[str, Any]], cpus: int) -> list[dict[str, Any]]:
-    """The issue's four targets, as ratios from this run, each followed by the same ratio
-    for the lean bound (``lean_asgi.py``): what no Python request path could beat. Each
-    runtime's copy of a benchmark model gets its model's rows."""
+    """The issue's targets, as ratios from this run: servekit with its defaults (no
+    config.yaml) first, then the tuned rows' and the bounds (lean bound, what the CPUs
+    allow). Each runtime's copy of a benchmark model gets its model's rows."""
     rows: list[dict[str, Any]] = []
 
     def add(name: str, value: float | None, goal: float, text: str, higher: bool = True) -> None:
@@ -669,23 +794,110 @@ def targets(results: dict[str, dict[str, Any]], cpus: int) -> list[dict[str, Any
     def info(name: str, value: float | None, goal: float | None = None) -> None:
         rows.append({"target": name, "value": value, "goal": goal, "met": None, "how": "(bound)"})
 
-    def of(zoo: str) -> list[tuple[str, dict[str, Any]]]:
-        return [(name, r) for name, r in results.items() if r["case"]["zoo"] == zoo]
+    def of(zoo: str, protocol: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+        return [
+            (name, r)
+            for name, r in results.items()
+            if r["case"]["zoo"] == zoo and protocol in (None, r["case"]["protocol"])
+        ]
 
+    # -- issue 23: servekit as a new user runs it ----------------------------------------
+    for name, r in of("mobilenet_v2", "v2"):
+        d = point(r, "defaults", 8)
+        add(
+            f"{name} (JSON), c=8, defaults: req/s / {MOBILENET_JSON_C8_BEFORE:g} (before)",
+            round(d["throughput_rps"] / MOBILENET_JSON_C8_BEFORE, 3) if d else None,
+            2.0,
+            "≥ 2x",
+        )
+        info(f"{name} (JSON), c=8: defaults / tuned", ratio(d, point(r, "batching_on", 8)))
+    for name, r in of("mobilenet_v2", "v2-binary"):
+        label = RAW_LABELS[r["raw"]["runtime"]]
+        d = point(r, "defaults", 8)
+        add(
+            f"{name} (binary V2), c=8, defaults: servekit / {label} "
+            f"({r['raw']['threads']} threads)",
+            round(d["throughput_rps"] / r["raw"]["samples_per_s"], 3) if d else None,
+            0.9,
+            "≥ 90%",
+        )
+        info(
+            f"{name}, c=8: the most the CPUs allow (raw compute + the floor's server "
+            f"and wrk CPU per request) / {label}",
+            cpu_bound(r, 8, cpus),
+            0.9,
+        )
+    for name, r in of("tiny"):
+        d = point(r, "defaults", 64)
+        add(
+            f"{name} (JSON), c=64, defaults / tuned (the defaults before: one inline instance)",
+            ratio(d, point(r, "batching_on", 64)),
+            1.0,
+            "≥ 1x",
+        )
+        info(
+            f"{name} (JSON), c=64, defaults / bare floor (uvicorn)",
+            ratio(d, point(r, "bare_asgi", 64)),
+        )
+        info(
+            f"{name} (JSON), c=64, servekit under granian / bare floor (granian)",
+            ratio(point(r, "granian", 64), point(r, "bare_granian", 64)),
+        )
+        rss = max(
+            (p["server_rss_mb"] for p in r.get("defaults", {}).get("points", [])), default=None
+        )
+        add(f"{name}, defaults: RSS (MB) at its largest", rss, 120.0, "≤ 120 MB", False)
+        w2 = r.get("defaults_workers2", {}).get("points", [])
+        if w2:
+            info(
+                f"{name}, 2 workers: RSS (MB) per worker",
+                round(max(p["server_rss_mb"] for p in w2) / 2, 1),
+            )
+    for name, r in results.items():
+        if r["case"]["zoo"] == "mobilenet_v2":
+            continue  # its target is the tuned binary row's below
+        one = point(r, "defaults", 1)
+        if one is not None:
+            add(
+                f"{name}, c=1, defaults: p50 - raw batch-1 invoke (ms)",
+                round(one["p50_ms"] - r["raw"]["invoke_batch1_ms"], 3),
+                1.0,
+                "≤ 1 ms",
+                False,
+            )
+    # -- several worker processes, and granian, against the defaults ----------------------
+    for name, r in results.items():
+        for p in r.get("defaults_workers2", {}).get("points", []):
+            c = p["concurrency"]
+            info(
+                f"{name}, c={c}: 2 workers / 1 (req/s, defaults)", ratio(p, point(r, "defaults", c))
+            )
+        for p in r.get("granian", {}).get("points", []):
+            c = p["concurrency"]
+            info(
+                f"{name}, c={c}: granian / uvicorn (req/s, defaults)",
+                ratio(p, point(r, "defaults", c)),
+            )
+        for p in r.get("bare_granian", {}).get("points", []):
+            c = p["concurrency"]
+            info(
+                f"{name}, c={c}: bare floor, granian / uvicorn", ratio(p, point(r, "bare_asgi", c))
+            )
+
+    # -- the tuned rows (the earlier issues' targets) --------------------------------------
     for name, r in of("wide"):
-        on, off = point(r, "batching_on", 64), point(r, "batching_off", 64)
         add(
             f"{name}, c=64: batching on / off throughput",
-            round(on["throughput_rps"] / off["throughput_rps"], 2) if on and off else None,
+            ratio(point(r, "batching_on", 64), point(r, "batching_off", 64)),
             4.0,
             "≥ 4x",
         )
-    for name, r in of("mobilenet_v2"):
+    for name, r in of("mobilenet_v2", "v2-binary"):
         # Both: batching does not pay for conv nets (padding to a bucket costs compute).
         for variant in ("batching_on", "batching_off"):
             p = point(r, variant, 8)
             add(
-                f"{name} (binary V2), c=8, {variant.replace('_', ' ')}: "
+                f"{name} (binary V2), c=8, tuned, {variant.replace('_', ' ')}: "
                 f"servekit / {RAW_LABELS[r['raw']['runtime']]}",
                 round(p["throughput_rps"] / r["raw"]["samples_per_s"], 3) if p else None,
                 0.9,
@@ -697,33 +909,31 @@ def targets(results: dict[str, dict[str, Any]], cpus: int) -> list[dict[str, Any
             round(lean["throughput_rps"] / r["raw"]["samples_per_s"], 3) if lean else None,
             0.9,
         )
-        info(
-            f"{name}, c=8: the most the CPUs allow (raw compute + the floor's server "
-            f"and wrk CPU per request) / {RAW_LABELS[r['raw']['runtime']]}",
-            cpu_bound(r, 8, cpus),
-            0.9,
-        )
     for name, r in of("tiny"):
-        on, bare = point(r, "batching_on", 64), point(r, "bare_asgi", 64)
         add(
-            f"{name} (JSON), c=64: servekit / bare ASGI floor requests/s",
-            round(on["throughput_rps"] / bare["throughput_rps"], 3) if on and bare else None,
+            f"{name} (JSON), c=64, tuned: servekit / bare ASGI floor requests/s",
+            ratio(point(r, "batching_on", 64), point(r, "bare_asgi", 64)),
             0.5,
             "≥ 50%",
         )
-        lean = point(r, "lean", 64)
         info(
             f"{name} (JSON), c=64: lean bound / bare ASGI floor requests/s",
-            round(lean["throughput_rps"] / bare["throughput_rps"], 3) if lean and bare else None,
+            ratio(point(r, "lean", 64), point(r, "bare_asgi", 64)),
             0.5,
         )
     for name, r in results.items():
         one, bare = point(r, "batching_on", 1), point(r, "bare_asgi", 1)
-        if one is None:
+        if one is None or (r["case"]["protocol"] == "v2" and r["case"]["zoo"] == "mobilenet_v2"):
             continue
         invoke = r["raw"]["invoke_batch1_ms"]
         excess = one["p50_ms"] - invoke
-        add(f"{name}, c=1: p50 - raw batch-1 invoke (ms)", round(excess, 3), 1.0, "≤ 1 ms", False)
+        add(
+            f"{name}, c=1, tuned: p50 - raw batch-1 invoke (ms)",
+            round(excess, 3),
+            1.0,
+            "≤ 1 ms",
+            False,
+        )
         if (lean := point(r, "lean", 1)) is not None:
             value = round(lean["p50_ms"] - invoke, 3)
             info(f"{name}, c=1: lean bound p50 - raw batch-1 invoke (ms)", value)
@@ -795,6 +1005,10 @@ def fmt_ratio(row: dict[str, Any]) -> str:
         return "n/a"
     if "(ms)" in row["target"]:
         return f"{v:.3f} ms"
+    if "(MB)" in row["target"]:
+        return f"{v:.0f} MB"
+    if row["goal"] is None:
+        return f"{v:.2f}x"
     return f"{v:.2f}x" if row["goal"] >= 1 else f"{v * 100:.1f}%"
 
 
@@ -825,11 +1039,21 @@ def summary_markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -
         )
         + ".",
         "",
-        "Served as: "
+        "Tuned (config.yaml): "
         + "; ".join(
             f"{name} {RUNTIME_LABELS[r['case']['runtime']]}, {r['case']['instances']} "
             f"instance(s) x {r['case']['threads_per_instance']} thread(s), {r['case']['protocol']}"
             for name, r in results.items()
+        )
+        + ".",
+        "",
+        f"Defaults (no config.yaml; {meta.get('usable_cpus', '')}): "
+        + "; ".join(
+            f"{name}: {d.get('instances')} instance(s) x {d.get('threads_per_instance')} "
+            f"thread(s), execution {d.get('execution')}, buckets {d.get('buckets')} "
+            f"({d.get('sizing')})"
+            for name, r in results.items()
+            if (d := r.get("defaults", {}).get("served_as"))
         )
         + ".",
         "",
@@ -839,19 +1063,21 @@ def summary_markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -
     for name, r in results.items():
         proto = r["case"]["protocol"]
         raw = r["raw"]
-        shared = r["bare_asgi"].get("measured_for", name)
+        floor_of = r.get("bare_asgi", {}).get("measured_for", name)
+        shared = f" (measured for {floor_of})" if floor_of != name else ""
         lines.append(
             f"| {name} | - | {RAW_LABELS[raw['runtime']]} ({raw['threads']} thread(s), batch "
             f"{raw['best_batch']}) | - | {raw['samples_per_s']:.0f} | "
             f"{raw['invoke_batch1_ms']:.3f} (batch-1 invoke) | - | - | - |"
         )
         for variant, label in (
-            (
-                "bare_asgi",
-                "bare ASGI floor" + (f" (measured for {shared})" if shared != name else ""),
-            ),
-            ("batching_on", f"servekit, batching on ({r['case']['max_batch_size']})"),
-            ("batching_off", "servekit, batching off (1)"),
+            ("bare_asgi", "bare ASGI floor, uvicorn" + shared),
+            ("bare_granian", "bare ASGI floor, granian" + shared),
+            ("defaults", "**servekit, defaults** (no config.yaml)"),
+            ("defaults_workers2", "servekit, defaults, 2 workers"),
+            ("granian", "servekit, defaults, under granian"),
+            ("batching_on", f"servekit, tuned, batching on ({r['case']['max_batch_size']})"),
+            ("batching_off", "servekit, tuned, batching off (1)"),
             ("lean", "lean bound (servekit's core, least HTTP code)"),
         ):
             for p in r.get(variant, {}).get("points", []):
@@ -899,8 +1125,11 @@ def plot(result: dict[str, Any], out: Path) -> None:
 
     fig, (ax_t, ax_l) = plt.subplots(1, 2, figsize=(12, 4.5))
     styles = {
-        "batching_on": ("servekit, batching on", "tab:blue", "o-"),
-        "batching_off": ("servekit, batching off", "tab:orange", "s-"),
+        "batching_on": ("servekit, tuned, batching on", "tab:blue", "o-"),
+        "batching_off": ("servekit, tuned, batching off", "tab:orange", "s-"),
+        "defaults": ("servekit, defaults", "tab:red", "D-"),
+        "defaults_workers2": ("servekit, defaults, 2 workers", "tab:brown", "v--"),
+        "granian": ("servekit, defaults, granian", "tab:olive", "P-"),
         "lean": ("lean bound (least HTTP code)", "tab:purple", "^:"),
     }
     for variant, (label, color, style) in styles.items():
@@ -909,8 +1138,8 @@ def plot(result: dict[str, Any], out: Path) -> None:
         ax_t.plot(cs, [p["throughput_rps"] for p in pts], style, color=color, label=label)
         ax_l.plot(cs, [p["p99_ms"] for p in pts], style, color=color, label=f"{label} p99")
     raw = result["raw"]
-    bare = result["bare_asgi"]["points"]
-    best_bare = max(p["throughput_rps"] for p in bare)
+    bare = result.get("bare_asgi", {}).get("points") or [{"concurrency": 1, "p99_ms": 0.0}]
+    best_bare = max(p.get("throughput_rps", 0.0) for p in bare)
     ax_t.axhline(
         raw["samples_per_s"],
         color="tab:green",
@@ -988,8 +1217,16 @@ def main() -> None:
         metavar="MODEL=I:T",
         help="serve MODEL with I instances of T threads (raw limit too), e.g. mobilenet_v2=1:2",
     )
+    parser.add_argument(
+        "--variants",
+        nargs="*",
+        choices=VARIANTS,
+        default=list(VARIANTS),
+        help="the servers to measure each case on (the floors need a servekit variant first)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    args.variants = [v for v in VARIANTS if v in args.variants]  # in run order
     cases = dict(CASES)
     for spec in args.instances:
         name, _, it = spec.partition("=")
@@ -1000,12 +1237,14 @@ def main() -> None:
 
     t0 = time.monotonic()
     wrk = ensure_wrk()
-    build = [args.tf_python, str(HERE / "make_bench_models.py"), "--only", *args.models]
+    zoos = list(dict.fromkeys(cases[m].zoo for m in args.models))
+    build = [args.tf_python, str(HERE / "make_bench_models.py"), "--only", *zoos]
     subprocess.run([*build, "--runtimes", *args.runtimes], check=True)
     sys.setswitchinterval(0.001)  # as servekit's server does (its threads get the GIL back)
     meta: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "cpus": os.cpu_count(),
+        "usable_cpus": cpu_budget().reason,
         "cpu_model": cpu_model(),
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -1018,9 +1257,11 @@ def main() -> None:
     print(f"load average {meta['load_avg_start']:.2f}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, Any]] = {}
-    bare_floors: dict[str, dict[str, Any]] = {}  # by benchmark model: shared by its runtimes
+    # The floors depend on the bytes, not the runtime: shared by a case's runtimes.
+    floors: dict[tuple[str, str], dict[str, Any]] = {}
     for case in (replace(cases[m], runtime=r) for m in args.models for r in args.runtimes):
-        name = case.model
+        name = case.key
+        same_bytes = (case.zoo, case.protocol.value)
         result = bench_model(
             case,
             wrk,
@@ -1028,9 +1269,12 @@ def main() -> None:
             args.duration,
             args.warmup,
             args.workers,
-            bare_floors.get(case.zoo),
+            args.variants,
+            floors.get(same_bytes),
         )
-        bare_floors.setdefault(case.zoo, result["bare_asgi"])
+        floors.setdefault(
+            same_bytes, {v: result[v] for v in ("bare_asgi", "bare_granian") if v in result}
+        )
         results[name] = result
         (args.out / f"{name}.json").write_text(
             json.dumps({"meta": meta, **result}, indent=2) + "\n"
