@@ -127,6 +127,7 @@ def test_every_alert_has_a_unit_test() -> None:
         "ServekitHighLatencyP99",
         "ServekitModelNotReady",
         "ServekitModelLoadFailed",
+        "ServekitModelLoadFailing",
         "ServekitAbsent",
     }
     assert alerts == tested, f"alerts never seen firing in a unit test: {alerts - tested}"
