@@ -291,3 +291,21 @@ async def test_a_polling_server_logs_an_unfixed_repository_once(
         await s.registry.poll_once()
         assert (await s.predict("badconf")).status_code == 200
         assert ("badconf", "") not in await s.listed()
+
+
+async def test_the_management_api_tries_a_failed_model_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An explicit load is a request to try: it loads again (and says why it failed)
+    whether or not the files changed; only the poll waits for a change."""
+    repo = tmp_path / "repo"
+    add_model(repo, "good")
+    add_model(repo, "garbage", content=GARBAGE)
+    async with serve(repo, model_control_mode="explicit", load_models=["good", "garbage"]) as s:
+        caplog.clear()
+        for _ in range(2):
+            r = await s.c.post("/v2/repository/models/garbage/load", headers=ADMIN)
+            assert r.status_code == 400, r.text
+            assert "garbage/1/model.tflite is not a TFLite model" in r.json()["error"]
+            assert real_path(tmp_path) not in r.text and str(tmp_path) not in r.text
+        assert len(failure_lines(caplog, "garbage")) == 2, caplog.text

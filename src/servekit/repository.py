@@ -651,6 +651,7 @@ class ModelRegistry:
                 config,
                 override is not None,
                 on_disk={s.version for s in sources},
+                retry=not poll,  # asked for (start, the API): failed files are tried again
             )
 
     def _model_error(self, name: str, reason: str | None) -> None:
@@ -670,6 +671,7 @@ class ModelRegistry:
         config: ModelConfig,
         force: bool = False,
         on_disk: set[int] | None = None,
+        retry: bool = False,
     ) -> None:
         name = wanted[0].name if wanted else ""
         current = self._models.setdefault(name, {})
@@ -679,10 +681,11 @@ class ModelRegistry:
             mm = self.metrics.for_model(name, str(source.version))
             old = current.get(source.version)
             files = fingerprint(source)
-            if old is not None and not force and old.fingerprint == files:
-                continue  # unchanged: loaded, or failed and not worth retrying
+            unchanged = old is not None and not force and old.fingerprint == files
+            if unchanged and old is not None and (old.ready or not retry):
+                continue  # unchanged: loaded, or failed and not asked to try again
             failed = self._failed.get(key)
-            if failed is not None and not force and failed[0] == files:
+            if failed is not None and not force and not retry and failed[0] == files:
                 continue  # this copy failed already (logged, in the index): wait for a change
             served = ServedModel(source, config, self.metrics, root=self._public_root)
             if old is None or not old.ready:
