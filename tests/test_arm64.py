@@ -1,0 +1,334 @@
+"""servekit on arm64 (aarch64: Raspberry Pi 4/5 class boards), run here under QEMU user
+emulation, answering as on x86-64.
+
+Two forms, both marked `arm64`:
+
+- The smoke form runs in every `make test` (about 1.5 minutes on a fresh machine, under
+  a minute with the cache): Debian bookworm's arm64 python3, unpacked (not configured)
+  into a tree kept in ~/.cache/servekit (scripts/base_image.py's python_tree); a venv in
+  it with servekit and the aarch64 wheels of uv.lock's serving dependencies, installed
+  by uv from the lock with their hashes; a real servekit in a chroot of that tree,
+  serving the demo model and a conv net on 127.0.0.1. Its answers over v1 (JSON) and V2
+  binary equal ai-edge-litert's on x86-64 within float tolerance, and SIGTERM drains it.
+- The image form runs with `make test-arm64` (SERVEKIT_TEST_ARM64_IMAGE=1): the arm64
+  image built from deploy/docker/Dockerfile by scripts/build_arm64.sh (the first build
+  about 15 minutes here, then cached), run with a mounted model folder, the same
+  answers, and `docker stop` drains it and it exits 0 as on amd64. Its RSS is printed.
+
+QEMU (Debian's qemu-user-static, registered with binfmt_misc) is set up when missing,
+as root, like the Docker tests install their tools.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from conftest import DEMO, REPO, ROOT, ServerProcess, digits_rows
+from test_deploy import (
+    Container,
+    Docker,
+    assert_drained_exit,
+    reference,
+)
+from test_deploy import (
+    docker as docker,  # the fixture: a Docker engine, started when none runs
+)
+from test_install import INSPECT, installed_versions, locked_versions
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import base_image  # scripts/base_image.py
+
+pytestmark = pytest.mark.arm64
+
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "servekit"
+# Bump when python_tree() changes what it makes.
+TREE = CACHE / "arm64-python-tree-bookworm-1"
+UV = ROOT / ".tools" / "bin" / "uv"
+CNN = REPO / "digits_cnn" / "1" / "model.tflite"
+EDGE_CONFIG = ROOT / "configs" / "edge.yaml"
+ELF_MACHINE_AARCH64 = 183  # e_machine in the ELF header
+CHROOT = shutil.which("chroot") or "/usr/sbin/chroot"
+FULL = os.environ.get("SERVEKIT_TEST_ARM64_IMAGE") == "1"
+ARM64_IMAGE = os.environ.get("SERVEKIT_ARM64_IMAGE_TAG", "servekit:arm64")
+
+
+def elf_machine(path: Path) -> int:
+    header = path.read_bytes()[:20]
+    assert header[:4] == b"\x7fELF", path
+    return int.from_bytes(header[18:20], "little")
+
+
+def need_root() -> None:
+    if os.geteuid() != 0:
+        pytest.fail("the arm64 tests need root (chroot, binfmt_misc, apt-get)")
+
+
+@pytest.fixture(scope="session")
+def arm64_tree() -> Path:
+    """Debian's arm64 python3 in a folder, made once and kept (made aside, then renamed:
+    two test runs at once do not see half a tree)."""
+    need_root()
+    base_image.ensure_emulation("arm64")
+    if not (TREE / "usr" / "bin" / "python3").exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix="arm64-tree-", dir=CACHE))
+        try:
+            base_image.python_tree("arm64", tmp / "tree", base_image.debian_mirror())
+            if not TREE.exists():
+                (tmp / "tree").rename(TREE)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    assert elf_machine((TREE / "usr" / "bin" / "python3").resolve()) == ELF_MACHINE_AARCH64
+    return TREE
+
+
+@pytest.fixture(scope="module")
+def arm64_venv(arm64_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A venv inside the tree with servekit from this checkout and uv.lock's serving
+    dependencies for aarch64 (uv downloads the aarch64 wheels; the lock's hashes are
+    checked). Its path as seen inside the chroot."""
+    assert UV.is_file(), "no .tools/bin/uv: run scripts/install.sh (make test does)"
+    inside = f"/opt/servekit-{uuid.uuid4().hex[:8]}"
+    venv = arm64_tree / inside.lstrip("/")
+    subprocess.run(
+        [CHROOT, str(arm64_tree), "/usr/bin/python3", "-m", "venv", "--without-pip", inside],
+        check=True,
+        timeout=300,
+    )
+    requirements = tmp_path_factory.mktemp("arm64") / "requirements.txt"
+    uv = [str(UV), "--directory", str(ROOT)]
+    subprocess.run(
+        [
+            *uv,
+            *("export", "--locked", "--offline", "--no-dev", "--no-emit-project", "--quiet"),
+            *("--format", "requirements.txt", "--output-file", str(requirements)),
+        ],
+        check=True,
+        timeout=120,
+    )
+    # The venv's site-packages as a target: uv cannot run the arm64 python it would ask
+    # (its symlink points into the chroot). Bytecode compiled by this 3.11 serves that
+    # 3.11 (.pyc files do not depend on the CPU).
+    target = venv / "lib" / "python3.11" / "site-packages"
+    install = [
+        *uv,
+        "pip",
+        "install",
+        "--quiet",
+        "--target",
+        str(target),
+        "--python-platform",
+        "aarch64-manylinux_2_36",  # Debian bookworm's glibc
+        "--python-version",
+        "3.11",
+        "--compile-bytecode",
+    ]
+    subprocess.run(
+        [
+            *install,
+            "--only-binary",
+            ":all:",
+            "--require-hashes",
+            "--requirements",
+            str(requirements),
+        ],
+        check=True,
+        timeout=600,
+    )
+    subprocess.run([*install, "--no-deps", str(ROOT)], check=True, timeout=300)
+    yield inside
+    shutil.rmtree(venv, ignore_errors=True)
+
+
+def chroot(tree: Path, venv: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CHROOT, str(tree), f"{venv}/bin/python", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+    )
+
+
+def test_inspect_names_the_runtime_its_version_and_the_machine() -> None:
+    """On x86-64, in this venv: the same command says aarch64 in the arm64 tree."""
+    import importlib.metadata
+
+    done = subprocess.run(
+        [sys.executable, "-m", "servekit", "inspect", str(DEMO / "digits.tflite"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert info["runtime"] == f"ai-edge-litert {importlib.metadata.version('ai-edge-litert')}"
+    assert info["machine"] == "x86_64"
+
+
+def test_arm64_venv_holds_exactly_the_locked_versions(arm64_tree: Path, arm64_venv: str) -> None:
+    """uv.lock covers aarch64: every serving dependency has an aarch64 wheel at the
+    locked version, ai-edge-litert included (it publishes manylinux_2_27_aarch64 wheels
+    since 2.0), and `servekit inspect` there says so."""
+    done = chroot(arm64_tree, arm64_venv, "-I", "-c", INSPECT)
+    assert done.returncode == 0, done.stderr
+    inspected = json.loads(done.stdout)
+    assert inspected["environment"]["platform_machine"] == "aarch64"
+    locked = locked_versions((), inspected["environment"])
+    assert installed_versions(inspected) == locked
+
+    shutil.copy(DEMO / "digits.tflite", arm64_tree / "tmp" / "digits.tflite")
+    done = chroot(
+        arm64_tree, arm64_venv, "-m", "servekit", "inspect", "/tmp/digits.tflite", "--json"
+    )
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert info["machine"] == "aarch64"
+    assert info["runtime"] == f"ai-edge-litert {locked['ai-edge-litert']}"
+    assert [i["name"] for i in info["inputs"]] == ["pixels"]
+
+
+def model_repository(folder: Path) -> Path:
+    """The demo model (dense) and the conv net, one version each, readable by anyone
+    (the image runs as uid 10001)."""
+    for name, model in (("digits", DEMO / "digits.tflite"), ("digits_cnn", CNN)):
+        (folder / name / "1").mkdir(parents=True)
+        shutil.copy(model, folder / name / "1" / "model.tflite")
+    for p in [folder, *folder.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    return folder
+
+
+def assert_answers_as_on_x86(url: str) -> None:
+    """v1 JSON and V2 binary (Triton's HTTP client) on both models, against ai-edge-litert
+    run here on x86-64."""
+    import tritonclient.http as triton
+
+    meta = httpx.get(f"{url}/v1/models/digits/metadata", timeout=30).json()
+    assert meta["servekit"]["runtime"].startswith("ai-edge-litert"), meta
+
+    x = digits_rows(16, 40)
+    want = reference(DEMO / "digits.tflite", {"pixels": x})["probabilities"]
+    r = httpx.post(f"{url}/v1/models/digits:predict", json={"instances": x.tolist()}, timeout=120)
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(r.json()["predictions"], want, rtol=1e-5, atol=1e-6)
+
+    images = x[:8].reshape(8, 8, 8, 1)
+    cnn = reference(CNN, {"image": images})["probabilities"]
+    r = httpx.post(
+        f"{url}/v1/models/digits_cnn:predict", json={"instances": images.tolist()}, timeout=120
+    )
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(r.json()["predictions"], cnn, rtol=1e-5, atol=1e-6)
+
+    client = triton.InferenceServerClient(url.removeprefix("http://"), network_timeout=120)
+    try:
+        for model, name, rows, expected in (
+            ("digits", "pixels", x, want),
+            ("digits_cnn", "image", images, cnn),
+        ):
+            inp = triton.InferInput(name, list(rows.shape), "FP32")
+            inp.set_data_from_numpy(rows, binary_data=True)
+            out = triton.InferRequestedOutput("probabilities", binary_data=True)
+            result = client.infer(model, [inp], outputs=[out])
+            np.testing.assert_allclose(
+                result.as_numpy("probabilities"), expected, rtol=1e-5, atol=1e-6
+            )
+    finally:
+        client.close()
+
+
+@pytest.mark.timeout(900)
+def test_arm64_servekit_answers_as_on_x86_and_drains(arm64_tree: Path, arm64_venv: str) -> None:
+    repo = model_repository(arm64_tree / "tmp" / f"repo-{uuid.uuid4().hex[:8]}")
+    started = time.monotonic()
+    server = ServerProcess(
+        f"/{repo.relative_to(arm64_tree)}",
+        name="arm64",
+        command=(CHROOT, str(arm64_tree), f"{arm64_venv}/bin/python", "-m", "servekit", "serve"),
+    )
+    try:
+        server.wait_ready(timeout=300)
+        ready_s = time.monotonic() - started
+        assert_answers_as_on_x86(server.url)
+    finally:
+        code = server.stop(timeout=60)
+        shutil.rmtree(repo, ignore_errors=True)
+    log = server.log()
+    assert code == 0, log
+    assert "Application shutdown complete." in log and "Traceback" not in log, log
+    print(f"\narm64 servekit under QEMU ready in {ready_s:.0f} s")
+
+
+# -- the image form (make test-arm64) ---------------------------------------------------
+
+
+def vm_rss_mb(docker: Docker, container: str) -> tuple[float, float]:
+    """PID 1's resident memory and its peak, in MB (under QEMU: the emulator's too)."""
+    status = docker("exec", container, "cat", "/proc/1/status").stdout
+    fields = {line.split(":")[0]: line.split()[1] for line in status.splitlines() if "kB" in line}
+    return int(fields["VmRSS"]) / 1024, int(fields["VmHWM"]) / 1024
+
+
+@pytest.fixture(scope="module")
+def arm64_image(docker: Docker) -> str:
+    if not FULL:
+        pytest.skip("the arm64 image: make test-arm64 (SERVEKIT_TEST_ARM64_IMAGE=1)")
+    need_root()
+    started = time.monotonic()
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "build_arm64.sh")],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        env={**docker.env, "TAG": ARM64_IMAGE},
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, f"{done.stdout[-5000:]}\n{done.stderr[-5000:]}"
+    arch = docker("image", "inspect", "--format", "{{.Os}}/{{.Architecture}}", ARM64_IMAGE)
+    assert arch.stdout.strip() == "linux/arm64"
+    size = int(docker("image", "inspect", "--format", "{{.Size}}", ARM64_IMAGE).stdout)
+    print(f"\n{ARM64_IMAGE}: {size / 1e6:.0f} MB, built in {time.monotonic() - started:.0f} s")
+    return ARM64_IMAGE
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(3600)
+def test_arm64_image_answers_as_on_x86_and_stops_drained(
+    docker: Docker, arm64_image: str, tmp_path: Path
+) -> None:
+    tmp_path.chmod(0o755)
+    repo = model_repository(tmp_path / "models")
+    # As docs/edge.md runs it, on free ports of the host network.
+    c = Container(
+        docker,
+        arm64_image,
+        "--read-only",
+        "--tmpfs",
+        "/tmp",
+        "--volume",
+        f"{repo}:/models:ro",
+        "--volume",
+        f"{EDGE_CONFIG}:/etc/servekit/edge.yaml:ro",
+        command=("--config", "/etc/servekit/edge.yaml"),
+    )
+    c.wait_ready(timeout=600)
+    assert docker("exec", c.name, "uname", "-m").stdout.strip() == "aarch64"
+    assert_answers_as_on_x86(c.url)
+    rss, peak = vm_rss_mb(docker, c.name)
+    print(f"\narm64 image under QEMU, demo + conv net: RSS {rss:.0f} MB (peak {peak:.0f} MB)")
+    assert_drained_exit(c)
