@@ -218,12 +218,12 @@ def choose_sizing(
         )
         return Sizing(1, 1 if threads == "auto" else threads, f"{what}: inline, one instance")
     if gain >= BATCHING_PAYS:
-        why = f"batching pays ({gain:.1f}x the rows/s at batch {max(model.invoke_costs)})"
+        why = f"batching pays ({gain:.1f}x the rows/s at batch {model.best_bucket})"
         n = 1 if instances == "auto" else instances
         t = max(1, (cpus - 1) // n) if threads == "auto" else threads
     else:
         why = (
-            f"batching gains little ({gain:.2f}x the rows/s at batch {max(model.invoke_costs)})"
+            f"batching gains little ({gain:.2f}x the rows/s at best, batch {model.best_bucket})"
             if model.batchable
             else "one row per invoke"
         )

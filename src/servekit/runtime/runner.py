@@ -37,6 +37,11 @@ SPLIT_GAIN = 0.9
 # was allocated; the runtimes keep their largest arena).
 TRIM_GAIN = 0.9
 
+# Warm-up timing: invokes of one batch size are repeated while they add up to less than
+# this (at most TIMING_MAX_RUNS times), and the best kept.
+TIMING_BUDGET_S = 0.02
+TIMING_MAX_RUNS = 20
+
 
 def padding_plan(costs: Mapping[int, float]) -> dict[int, Plan]:
     """For every row count up to the largest bucket, the cheapest way to run it, from
@@ -115,14 +120,19 @@ class ModelRunner:
 
     @property
     def batch_gain(self) -> float:
-        """Rows/s at the largest bucket over rows/s at the smallest (1.0 when unbatched):
+        """Rows/s at the best bucket over rows/s at the smallest (1.0 when unbatched):
         how much batching raises this model's throughput, from the warm-up timings."""
         if len(self.invoke_costs) < 2:
             return 1.0
-        small, large = min(self.invoke_costs), max(self.invoke_costs)
-        per_row_small = self.invoke_costs[small] / small
-        per_row_large = self.invoke_costs[large] / large
-        return per_row_small / per_row_large if per_row_large > 0 else 1.0
+        small = min(self.invoke_costs)
+        best = self.best_bucket
+        per_row_best = self.invoke_costs[best] / best
+        return self.invoke_costs[small] / small / per_row_best if per_row_best > 0 else 1.0
+
+    @property
+    def best_bucket(self) -> int:
+        """The batch size with the most rows/s at warm-up."""
+        return min(self.invoke_costs, key=lambda b: self.invoke_costs[b] / b)
 
     @property
     def buckets(self) -> list[int]:
@@ -176,9 +186,13 @@ class ModelRunner:
                         ok = False
                         break
                     costs[b] = self._time_invoke(b, batch)
-                    if trim and len(costs) < len(buckets) and (why := _not_worth(costs, b)):
-                        self.trimmed = why
-                        break
+                    if trim and len(costs) < len(buckets) and _not_worth(costs, b):
+                        # Measured again before it ends the list: noise only ever slows
+                        # a timing, and a busy spell may have slowed this one.
+                        costs[b] = min(costs[b], self._time_invoke(b, batch))
+                        if why := _not_worth(costs, b):
+                            self.trimmed = why
+                            break
             except InferenceFailed as e:
                 log.info("resize to other batch sizes failed: %s", e)
                 ok = False
@@ -228,13 +242,16 @@ class ModelRunner:
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def _time_invoke(self, rows: int, batch: Mapping[str, Array]) -> float:
-        """The best of two warm invokes (the first one, before this, also packs weights
-        and allocates): one run on a busy machine can be off by the split margin."""
-        best = float("inf")
-        for _ in range(2):
+        """The best of several warm invokes (the first one, before this, also packs
+        weights and allocates): at least two, and more while they add up to under
+        ``TIMING_BUDGET_S``. One run on a busy machine can be off by far more than the
+        split or trim margins; the best of several rarely is."""
+        best, spent, runs = float("inf"), 0.0, 0
+        while runs < 2 or (spent < TIMING_BUDGET_S and runs < TIMING_MAX_RUNS):
             start = time.perf_counter()
             self._invoke_at(rows, batch)
-            best = min(best, time.perf_counter() - start)
+            took = time.perf_counter() - start
+            best, spent, runs = min(best, took), spent + took, runs + 1
         return best
 
     def _check_samples(self, samples: Mapping[str, Array]) -> None:
