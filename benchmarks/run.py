@@ -771,8 +771,10 @@ def cpu_bound(result: dict[str, Any], concurrency: int, cpus: int) -> float | No
     return round(cpus / (compute + transport) / samples_per_s, 3)
 
 
-# MobileNetV2 over JSON at 8 connections with the defaults before issue 23 (its table).
+# Issue 23's table, servekit with its defaults before it (another run, same machine):
+# MobileNetV2 over JSON at 8 connections, the tiny model over JSON at 64.
 MOBILENET_JSON_C8_BEFORE = 36.0
+TINY_JSON_C64_BEFORE = 7557.0
 
 
 def ratio(
@@ -834,6 +836,11 @@ def targets(results: dict[str, dict[str, Any]], cpus: int) -> list[dict[str, Any
             ratio(d, point(r, "batching_on", 64)),
             1.0,
             "≥ 1x",
+        )
+        info(
+            f"{name} (JSON), c=64, defaults: req/s / {TINY_JSON_C64_BEFORE:,.0f} (before, "
+            "another run)",
+            round(d["throughput_rps"] / TINY_JSON_C64_BEFORE, 3) if d else None,
         )
         info(
             f"{name} (JSON), c=64, defaults / bare floor (uvicorn)",
