@@ -8,6 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 
 .PHONY: serve test lint typecheck unit clean models bench lock venv install-serve install-dev
+.PHONY: image-arm64 test-arm64
 
 # Every install comes from the lock (uv.lock) through scripts/install.sh, which also
 # serialises installs that run at the same moment. Serving needs only the package; the
@@ -35,6 +36,16 @@ unit: install-dev
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 test: lint typecheck unit
+
+# arm64 (Raspberry Pi 4/5 class) on this x86-64 machine, under QEMU (docs/edge.md).
+# image-arm64: the arm64 image from deploy/docker/Dockerfile, servekit:arm64 (as root).
+# test-arm64: tests/test_arm64.py in full, the image form too (builds it: about 6 minutes
+# the first time, the base 3 more); `make test` runs only its smoke form (about 2 minutes).
+image-arm64:
+	scripts/build_arm64.sh
+
+test-arm64: install-dev
+	SERVEKIT_TEST_ARM64_IMAGE=1 $(BIN)/pytest -q -m arm64 tests/test_arm64.py $(PYTEST_ARGS)
 
 # Rebuild the committed test and demo models (needs TensorFlow: pip install '.[optimize]').
 models: install-dev
