@@ -162,7 +162,7 @@ CASES: list[tuple[str, str, str, object, tuple[int, ...]]] = [
     ),
     ("unicode-model-name", "POST", "/v1/models/dígïts🙂:predict", {"instances": [ROW]}, (404,)),
     ("unicode-input-name", "POST", PREDICT, {"inputs": {"píxels🙂": [ROW]}}, (400,)),
-    ("long-model-name", "POST", f"/v1/models/{LONG}:predict", {"instances": [ROW]}, (404,)),
+    ("long-model-name", "POST", f"/v1/models/{LONG}:predict", {"instances": [ROW]}, (404, 414)),
     ("long-input-name", "POST", PREDICT, {"inputs": {LONG: [ROW]}}, (400,)),
     (
         "path-traversal-model",

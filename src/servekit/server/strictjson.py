@@ -9,6 +9,7 @@ over a request's structure (ours, numpy's, repr's) can recurse deeply.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -92,4 +93,137 @@ def loads_strict(body: bytes | memoryview, what: str = "a JSON object") -> Any:
             "duplicate keys in a JSON object (or objects inside numeric data); "
             "each key may appear once"
         )
+    return data
+
+
+# -- numeric arrays straight to numpy ----------------------------------------------------
+
+try:  # simdjson reads a numeric array into a buffer without a Python object per number
+    import simdjson as _simdjson
+except ImportError:  # pragma: no cover - a platform without its wheel: orjson alone
+    _simdjson = None  # type: ignore[assignment]
+
+# Bodies and arrays below these sizes go through orjson alone: its cost is then small,
+# and every cut below costs a few microseconds.
+TENSOR_MIN_BODY = 16 * 1024
+TENSOR_MIN_ARRAY = 4 * 1024
+
+# Bytes that a numeric array is made of, and the rest, told apart in one pass
+# (bytes.translate) so that runs of them are found with bytes.find (a regular
+# expression over a 3 MB body took 15-20 ms, longer than decoding it).
+_IN_ARRAY = bytes(
+    ord("x") if chr(c) in "[]0123456789eE+-., \t\r\n" else ord("o") for c in range(256)
+)
+_NUMBER_CHARS = b"0123456789eE+-. \t\r\n"
+# What stands in for a cut-out array while orjson parses the rest: a string no body can
+# hold unless it has a \u0000 escape (such a body is parsed by orjson alone).
+_MARK = b"\\u0000servekit-tensor-"
+_MARK_TEXT = _MARK.decode("unicode_escape")
+
+
+def _skeleton(shape: list[int]) -> bytes:
+    """The brackets and commas of a rectangular array of ``shape``, without its numbers."""
+    text = b"[" + b"," * (shape[-1] - 1) + b"]"
+    for n in reversed(shape[:-1]):
+        text = b"[" + b",".join([text] * n) + b"]"
+    return text
+
+
+def numeric_array(text: bytes) -> Any:
+    """A JSON array of numbers (nested, rectangular) as a float64 array (int64 when no
+    number has a fraction or exponent, as numpy reads the same values from lists), or
+    None when it is anything else: ragged, empty, out of int64 or double range, not
+    JSON, deeper than ``MAX_RANK``. None sends it to orjson, whose result (and errors)
+    it would have had anyway."""
+    if _simdjson is None:
+        return None
+    try:
+        doc = _simdjson.Parser().parse(text)
+        if not isinstance(doc, _simdjson.Array):
+            return None
+        shape: list[int] = []
+        node = doc
+        while isinstance(node, _simdjson.Array) and len(node) and len(shape) <= MAX_RANK:
+            shape.append(len(node))
+            node = node[0]
+        if isinstance(node, _simdjson.Array) or len(shape) > MAX_RANK:
+            return None  # an empty array somewhere, or too deep: orjson's to judge
+        whole = b"." in text or b"e" in text or b"E" in text
+        buffer = doc.as_buffer(of_type="d" if whole else "i")
+    except (ValueError, TypeError, RuntimeError, UnicodeDecodeError):
+        return None
+    if text.translate(None, _NUMBER_CHARS) != _skeleton(shape):
+        return None  # ragged (simdjson's buffer flattens any nesting)
+    return np.frombuffer(buffer, dtype=np.float64 if whole else np.int64).reshape(shape)
+
+
+def loads_tensors(body: bytes | memoryview, what: str = "a JSON object") -> Any:
+    """``loads_strict``, with each large numeric array of the body read straight into a
+    numpy array (float64, or int64 for integers) in place of nested lists: the same
+    values numpy would make of orjson's lists, without 150k Python floats for an image.
+    Anything that is not such an array (strings, booleans, nulls, ragged or empty
+    arrays, numbers out of range) is parsed by orjson, with the same errors."""
+    raw = bytes(body)
+    if _simdjson is None or len(raw) < TENSOR_MIN_BODY or _MARK[:6] in raw:
+        return loads_strict(raw, what)
+    parts: list[bytes] = []
+    arrays: dict[str, Any] = {}
+    start = 0
+    for first, end in _array_runs(raw):
+        arr = numeric_array(raw[first:end])
+        if arr is None:
+            continue
+        key = str(len(arrays))
+        arrays[_MARK_TEXT + key] = arr
+        parts += [raw[start:first], b'"', _MARK, key.encode(), b'"']
+        start = end
+    if not arrays:
+        return loads_strict(raw, what)
+    parts.append(raw[start:])
+    try:
+        data = loads_strict(b"".join(parts), what)
+    except BadInput:
+        # A run cut from inside a string breaks the document (a marker's backslash
+        # lands outside any string): orjson on the body as sent says what is wrong.
+        return loads_strict(raw, what)
+    return _put_back(data, arrays)
+
+
+def _array_runs(raw: bytes) -> Iterator[tuple[int, int]]:
+    """(start, end) of each stretch of ``raw`` that may be one numeric array of at least
+    ``TENSOR_MIN_ARRAY`` bytes: from its first '[' to its last ']'. A stretch that is
+    not one array (two arrays side by side, a run inside a string) is refused later."""
+    kinds = raw.translate(_IN_ARRAY)
+    seed = b"x" * TENSOR_MIN_ARRAY
+    pos = 0
+    while (hit := kinds.find(seed, pos)) >= 0:
+        begin = kinds.rfind(b"o", pos, hit) + 1
+        end = kinds.find(b"o", hit)
+        end = len(raw) if end < 0 else end
+        first, last = raw.find(b"[", begin, end), raw.rfind(b"]", begin, end) + 1
+        # A value comes after ':', ',' or '[': a run after anything else (a quote) is
+        # inside a string.
+        before = raw[begin:first].rstrip()[-1:] or raw[begin - 1 : begin]
+        if 0 <= first < last and before in (b":", b",", b"["):
+            yield first, last
+        pos = end
+
+
+def _put_back(data: Any, arrays: dict[str, Any]) -> Any:
+    """``data`` with each marker string replaced by its array (the markers are left in
+    document order, in objects and lists at any depth)."""
+    if isinstance(data, str):
+        return arrays.get(data, data)
+    left = len(arrays)
+    stack = [data]
+    while stack and left:
+        node = stack.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for k, v in items:
+            if isinstance(v, str):
+                if v in arrays:
+                    node[k] = arrays[v]
+                    left -= 1
+            elif isinstance(v, dict | list):
+                stack.append(v)
     return data

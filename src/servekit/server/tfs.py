@@ -19,7 +19,7 @@ import numpy as np
 import orjson
 
 from servekit.errors import BadInput
-from servekit.server.strictjson import TooDeep, loads_strict
+from servekit.server.strictjson import TooDeep, loads_tensors
 from servekit.tensors import Array, TensorSpec, excerpt
 
 if TYPE_CHECKING:
@@ -136,8 +136,9 @@ _NONFINITE_WORD = re.compile(rb"NaN|Infinity")
 
 
 def loads(body: bytes | memoryview) -> Any:
-    """A request body as TF Serving reads it: strict JSON (orjson, no duplicate keys),
-    plus the bare words ``NaN``, ``Infinity`` and ``-Infinity`` for non-finite numbers.
+    """A request body as TF Serving reads it: strict JSON (orjson, no duplicate keys;
+    large numeric arrays straight into numpy, ``strictjson.loads_tensors``), plus the
+    bare words ``NaN``, ``Infinity`` and ``-Infinity`` for non-finite numbers.
 
     orjson refuses those words, so only a body that has them is parsed again with the
     standard library (slower), under the same rules: duplicate keys and numbers too
@@ -145,7 +146,7 @@ def loads(body: bytes | memoryview) -> Any:
     model's ``allow_nonfinite`` (checked with its inputs).
     """
     try:
-        return loads_strict(body)
+        return loads_tensors(body)
     except BadInput as first:
         raw = bytes(body)
         if isinstance(first, TooDeep) or not _NONFINITE_WORD.search(raw):

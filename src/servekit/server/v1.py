@@ -25,7 +25,12 @@ from servekit.repository import ServedModel
 from servekit.server import paths, tfs  # noqa: F401 - paths registers the 'segment' convertor
 from servekit.server.encoding import json_response
 from servekit.server.errors import error_response
-from servekit.server.inference import InferenceCall, InferenceRoute, call_from_request
+from servekit.server.inference import (
+    InferenceCall,
+    InferenceRoute,
+    call_from_request,
+    parse_off_loop,
+)
 from servekit.server.schemas import (
     ErrorResponse,
     ModelListEntry,
@@ -33,7 +38,7 @@ from servekit.server.schemas import (
     PredictRequest,
     PredictResponse,
 )
-from servekit.tensors import Array, coerce_json_values, excerpt
+from servekit.tensors import Array, TensorSpec, coerce_json_values, excerpt
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Bad input"},
@@ -102,6 +107,8 @@ def parse_predict(body: dict[str, Any], model: ServedModel) -> tuple[dict[str, A
     by_name = {s.name: s for s in inputs}
     if has_rows:
         rows = body["instances"]
+        if isinstance(rows, np.ndarray):  # numbers read straight into numpy
+            return _one_input(rows, names, by_name), True
         if not isinstance(rows, list):
             raise BadInput(f"'instances' must be a list, got {type(rows).__name__}")
         if not rows:
@@ -138,6 +145,16 @@ def parse_predict(body: dict[str, Any], model: ServedModel) -> tuple[dict[str, A
     return arrays, has_rows
 
 
+def _one_input(rows: Array, names: list[str], by_name: dict[str, TensorSpec]) -> dict[str, Array]:
+    """Row-format instances read as one numeric array: a one-input model's input."""
+    if len(names) != 1:
+        raise BadInput(
+            f"this model takes several inputs {names}: each instance must be an "
+            "object with one value per input name"
+        )
+    return {names[0]: coerce_json_values(names[0], rows, by_name[names[0]])}
+
+
 @dataclass(frozen=True, slots=True)
 class Predict:
     """A decoded predict request."""
@@ -158,7 +175,7 @@ def parse_body(body: bytes) -> dict[str, Any]:
 
 async def handle_predict(call: InferenceCall) -> Response:
     """A predict request, whichever router matched it."""
-    body = parse_body(call.body)
+    body = await parse_off_loop(len(call.body), parse_body, call.body)
 
     def decode(model: ServedModel) -> Predict:
         return Predict(*parse_predict(body, model))

@@ -15,10 +15,16 @@ from starlette.responses import Response
 
 from servekit import __version__
 from servekit.dataplane import DataPlane
+from servekit.errors import ServekitError
 from servekit.repository import ServedModel
 from servekit.server import v2_codec
 from servekit.server.encoding import json_response
-from servekit.server.inference import InferenceCall, InferenceRoute, call_from_request
+from servekit.server.inference import (
+    InferenceCall,
+    InferenceRoute,
+    call_from_request,
+    parse_off_loop,
+)
 from servekit.server.schemas import (
     ErrorResponse,
     V2InferRequest,
@@ -97,15 +103,21 @@ def _model_ready(plane: DataPlane, name: str, version: str | None) -> Response:
 async def handle_infer(call: InferenceCall) -> Response:
     """An infer request (JSON or binary), whichever router matched it."""
     headers = call.headers
+    parsed: v2_codec.ParsedBody | None = None
+    failed: ServekitError | None = None
+    try:
+        # A compressed body's size says little of what it decompresses to: off the loop.
+        size = len(call.body) if "content-encoding" not in headers else len(call.body) << 10
+        parsed = await parse_off_loop(size, _parse, call, headers)
+    except ServekitError as e:  # raised once a model is chosen, counted against it
+        failed = e
 
     def decode(model: ServedModel) -> v2_codec.InferRequest:
-        body = v2_codec.decompress(call.body, headers.get("content-encoding"), call.max_body_bytes)
-        return v2_codec.decode_request(
-            body,
-            header_length=headers.get(v2_codec.HEADER_LENGTH),
-            content_type=headers.get("content-type"),
-            inputs=model.inputs,
-            outputs=[s.name for s in model.outputs],
+        if failed is not None:
+            raise failed
+        assert parsed is not None
+        return v2_codec.decode_parsed(
+            parsed, inputs=model.inputs, outputs=[s.name for s in model.outputs]
         )
 
     done = await call.plane.infer(call.model_name, call.version, decode, cancelled=call.cancelled)
@@ -123,6 +135,16 @@ async def handle_infer(call: InferenceCall) -> Response:
         content,
         media_type=v2_codec.BINARY_CONTENT_TYPE,
         headers={"Inference-Header-Content-Length": str(header_length)},
+    )
+
+
+def _parse(call: InferenceCall, headers: Any) -> v2_codec.ParsedBody:
+    """What of an infer body needs no model: decompressed, split, its JSON parsed."""
+    body = v2_codec.decompress(call.body, headers.get("content-encoding"), call.max_body_bytes)
+    return v2_codec.parse_body(
+        body,
+        header_length=headers.get(v2_codec.HEADER_LENGTH),
+        content_type=headers.get("content-type"),
     )
 
 

@@ -31,12 +31,13 @@ import numpy as np
 import orjson
 
 from servekit.errors import BadInput, PayloadTooLarge
-from servekit.server.strictjson import loads_strict
+from servekit.server.strictjson import loads_tensors
 from servekit.tensors import (
     V2_TO_NUMPY,
     Array,
     TensorSpec,
     check_declared_shape,
+    coerce_array,
     coerce_json_values,
     excerpt,
     v2_datatype,
@@ -185,11 +186,28 @@ def split_body(
 
 
 def _load_json(header: memoryview) -> dict[str, Any]:
-    data = loads_strict(header, "a JSON inference request object")
+    data = loads_tensors(header, "a JSON inference request object")
     return _object(data, "the inference request")
 
 
 # -- decoding ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedBody:
+    """A request body split and its JSON header parsed: all that needs no model (so it
+    can run off the event loop, before the model is chosen)."""
+
+    body: bytes
+    header: dict[str, Any] | None  # None: a raw body, the one input's bytes
+    offset: int  # where binary tensor data begins in ``body``
+
+
+def parse_body(body: bytes, *, header_length: str | None, content_type: str | None) -> ParsedBody:
+    """Split a (decompressed) request body and parse its JSON header, numeric ``data``
+    arrays straight into numpy (``strictjson.loads_tensors``)."""
+    header, offset = split_body(body, header_length, content_type)
+    return ParsedBody(body, None if header is None else _load_json(header), offset)
 
 
 def decode_request(
@@ -201,13 +219,20 @@ def decode_request(
     outputs: Sequence[str],
 ) -> InferRequest:
     """Decode an infer request body against the model's input specs and output names."""
-    header, offset = split_body(body, header_length, content_type)
-    if header is None:
+    parsed = parse_body(body, header_length=header_length, content_type=content_type)
+    return decode_parsed(parsed, inputs=inputs, outputs=outputs)
+
+
+def decode_parsed(
+    parsed: ParsedBody, *, inputs: Sequence[TensorSpec], outputs: Sequence[str]
+) -> InferRequest:
+    """A parsed body's infer request, checked against the model's specs and outputs."""
+    body, request, offset = parsed.body, parsed.header, parsed.offset
+    if request is None:
         return InferRequest(
             inputs=decode_raw(body, inputs), binary_output=True, outputs=None, id=None
         )
     # Other fields are ignored, as Triton does (clients send e.g. "model_name").
-    request = _load_json(header)
     request_id = request.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise BadInput(f"'id' must be a string, got {_type_name(request_id)}")
@@ -381,6 +406,11 @@ def decode_json_data(
     spec: TensorSpec | None = None,
 ) -> Array:
     """``data`` (flat or nested, row-major) as an array of ``shape`` and ``datatype``."""
+    if isinstance(data, np.ndarray):  # numbers read straight into numpy
+        if datatype == "BYTES":
+            data = data.tolist()  # refused below, as the same numbers in a list are
+        else:
+            return _numeric_data(name, datatype, shape, data, spec)
     if not isinstance(data, list):
         raise BadInput(f"input '{name}': 'data' must be an array, got {_type_name(data)}")
     count = math.prod(shape)
@@ -397,6 +427,22 @@ def decode_json_data(
     target = spec or TensorSpec(name, V2_TO_NUMPY[datatype], shape)
     exact = _exact_uint64(name, data) if datatype == "UINT64" else None
     values = coerce_json_values(name, data, target) if exact is None else exact
+    if values.size != count:
+        raise BadInput(
+            f"input '{name}': shape {_shape_text(shape)} needs {count} value(s), got "
+            f"{values.size} in 'data'"
+        )
+    return values.reshape(shape)
+
+
+def _numeric_data(
+    name: str, datatype: str, shape: tuple[int, ...], data: Array, spec: TensorSpec | None
+) -> Array:
+    """``data`` that ``loads_tensors`` read as numbers (float64, or int64 for integers):
+    checked and cast as the shared coercion does lists of the same numbers."""
+    count = math.prod(shape)
+    target = spec or TensorSpec(name, V2_TO_NUMPY[datatype], shape)
+    values = coerce_array(name, data, target)
     if values.size != count:
         raise BadInput(
             f"input '{name}': shape {_shape_text(shape)} needs {count} value(s), got "

@@ -1,0 +1,154 @@
+"""strictjson.loads_tensors: large numeric arrays straight into numpy, with the same
+result (values and dtype, as numpy makes of orjson's lists) and the same errors as
+loads_strict, and no Python object per number."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from servekit.errors import BadInput
+from servekit.server import strictjson
+from servekit.server.strictjson import loads_strict, loads_tensors
+
+RNG = np.random.default_rng(7)
+
+
+def same(fast: Any, slow: Any) -> None:
+    """``fast`` (loads_tensors) holds what ``slow`` (loads_strict) does, arrays for lists."""
+    if isinstance(fast, np.ndarray):
+        want = np.asarray(slow)
+        assert fast.dtype == want.dtype and fast.shape == want.shape
+        assert np.array_equal(fast, want, equal_nan=True)
+    elif isinstance(fast, dict):
+        assert isinstance(slow, dict) and list(fast) == list(slow)
+        for k in fast:
+            same(fast[k], slow[k])
+    elif isinstance(fast, list):
+        assert isinstance(slow, list) and len(fast) == len(slow)
+        for a, b in zip(fast, slow, strict=True):
+            same(a, b)
+    else:
+        assert type(fast) is type(slow) and fast == slow
+
+
+def arrays_in(value: Any) -> int:
+    if isinstance(value, np.ndarray):
+        return 1
+    if isinstance(value, dict):
+        return sum(arrays_in(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(arrays_in(v) for v in value)
+    return 0
+
+
+IMAGE = RNG.random((1, 40, 40, 3), dtype=np.float32)
+INTS = RNG.integers(-1000, 1000, size=(64, 64))
+BIG = [1.5] * 5000
+
+BODIES: dict[str, tuple[bytes, int]] = {  # body, arrays read straight into numpy
+    "v1-image-float32": (orjson.dumps({"instances": IMAGE.tolist()}), 1),
+    "v1-ints": (orjson.dumps({"instances": INTS.tolist()}), 1),
+    "v1-columnar": (orjson.dumps({"inputs": {"a": INTS.tolist(), "b": IMAGE.tolist()}}), 2),
+    "v1-row-objects": (
+        orjson.dumps({"instances": [{"a": BIG, "b": "x"}, {"a": BIG, "b": "y"}]}),
+        2,
+    ),
+    "v2-data": (
+        orjson.dumps({"id": "r[1]", "inputs": [{"name": "x", "shape": [1, 5000], "data": BIG}]}),
+        1,
+    ),
+    "pretty-printed": (json.dumps({"instances": INTS.tolist()}, indent=2).encode(), 1),
+    "exponents-and-signs": (
+        ('{"instances": [' + ", ".join(["-0.0", "1e-5", "-2E+3", "3.25e2"] * 1500) + "]}").encode(),
+        1,
+    ),
+    "ints-and-floats": (orjson.dumps({"instances": [1, 2.5] * 3000}), 1),
+    "int64-limits": (orjson.dumps({"instances": [2**63 - 1, -(2**63)] * 1500}), 1),
+    "uint64-max-stays-a-list": (orjson.dumps({"instances": [2**64 - 1] * 2000}), 0),
+    "ragged-stays-a-list": (orjson.dumps({"instances": [BIG, BIG[:-1]]}), 0),
+    "ragged-same-count": (orjson.dumps({"instances": [[1, 2], [3, 4, 5], [6]] * 1000}), 0),
+    "mixed-nesting": (orjson.dumps({"instances": [1, [2, 3]] * 1000}), 0),
+    "booleans-stay-a-list": (orjson.dumps({"instances": [True, False] * 3000}), 0),
+    "nulls-stay-a-list": (orjson.dumps({"instances": [1, None] * 3000}), 0),
+    "empty-rows-stay-a-list": (orjson.dumps({"instances": [[]] * 5000}), 0),
+    "array-inside-a-string": (orjson.dumps({"s": json.dumps(BIG), "n": BIG}), 1),
+    "array-after-escaped-quote": (
+        ('{"s": "a\\"' + json.dumps(BIG) + '", "n": ' + json.dumps(BIG) + "}").encode(),
+        1,
+    ),
+    "two-arrays-in-one-run": (
+        ('{"x": ["s", ' + json.dumps(BIG) + ", " + json.dumps(BIG) + "]}").encode(),
+        0,
+    ),
+    "rank-16": (orjson.dumps({"instances": np.zeros([1] * 15 + [5000]).tolist()}), 1),
+    "rank-17-stays-a-list": (orjson.dumps({"x": np.zeros([1] * 16 + [5000]).tolist()}), 0),
+    "small-body": (orjson.dumps({"instances": [[1.0] * 64]}), 0),
+}
+
+
+@pytest.mark.parametrize("case", list(BODIES))
+def test_same_result_as_orjson_and_numpy(case: str) -> None:
+    body, expected_arrays = BODIES[case]
+    fast = loads_tensors(body)
+    same(fast, loads_strict(body))
+    assert arrays_in(fast) == expected_arrays
+
+
+ERRORS: dict[str, bytes] = {
+    "duplicate-key-beside-an-array": b'{"a": [' + b"1," * 5000 + b'1], "a": 2}',
+    "duplicate-key-after-an-array": b'{"a": [' + b"1," * 5000 + b'1], "b": {"c": 1, "c": 2}}',
+    "bad-number": b'{"a": [' + b"01," * 5000 + b"1]}",
+    "trailing-comma": b'{"a": [' + b"1," * 5000 + b"]}",
+    "unclosed": b'{"a": [' + b"1," * 5000 + b"1",
+    "bom": b"\xef\xbb\xbf" + b'{"a": [' + b"1," * 5000 + b"1]}",
+    "invalid-escape-before-array": b'{"a": "q\\[' + b"1," * 5000 + b'1]", "b": 1}',
+    "too-large-a-number": b'{"a": [' + b"1e999," * 5000 + b"1]}",
+    "too-deep": b'{"a": ' + b"[" * 30 + b"1," * 5000 + b"1" + b"]" * 30 + b"}",
+    "not-utf8": b'{"a": [' + b"1," * 5000 + b'1], "b": "\xff"}',
+    "two-documents": b'{"a": [' + b"1," * 5000 + b"1]} {}",
+}
+
+
+@pytest.mark.parametrize("case", list(ERRORS))
+def test_same_errors_as_loads_strict(case: str) -> None:
+    body = ERRORS[case]
+    with pytest.raises(BadInput) as slow:
+        loads_strict(body)
+    with pytest.raises(BadInput) as fast:
+        loads_tensors(body)
+    assert str(fast.value) == str(slow.value)
+
+
+def test_a_marker_in_the_body_is_parsed_by_orjson_alone() -> None:
+    body = orjson.dumps({"x": "\u0000servekit-tensor-0", "y": BIG})
+    fast = loads_tensors(body)
+    assert fast["x"] == "\u0000servekit-tensor-0" and isinstance(fast["y"], list)
+
+
+def test_without_simdjson_orjson_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(strictjson, "_simdjson", None)
+    body = BODIES["v1-image-float32"][0]
+    result = loads_tensors(body)
+    assert isinstance(result["instances"], list)
+    same(loads_strict(body), result)
+
+
+def test_no_python_object_per_number() -> None:
+    image = RNG.random((1, 224, 224, 3), dtype=np.float32)
+    body = orjson.dumps({"instances": image}, option=orjson.OPT_SERIALIZE_NUMPY)
+    loads_tensors(body)  # warm up
+    before = sys.getallocatedblocks()
+    result = loads_tensors(body)
+    grew = sys.getallocatedblocks() - before
+    assert result["instances"].shape == (1, 224, 224, 3)
+    assert grew < 1000, f"{grew} Python blocks for 150,528 numbers"
+    before = sys.getallocatedblocks()
+    lists = loads_strict(body)
+    assert sys.getallocatedblocks() - before > 150_000  # what it replaces
+    del lists
