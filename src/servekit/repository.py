@@ -818,9 +818,7 @@ class ModelRegistry:
         reason = m.reason
         failed = self._failed.get((m.name, m.version))
         if failed is not None and m.ready:
-            reason = (
-                f"serving the copy loaded before: the changed files failed to load: {failed[1]}"
-            )
+            reason = f"serving the copy loaded before; the changed files {failed[1]}"
         elif m.name in self._errors and m.ready:
             reason = f"serving the copy loaded before: {self._errors[m.name]}"
         return {"name": m.name, "version": str(m.version), "state": m.state, "reason": reason}
