@@ -7,9 +7,6 @@ carries several of them takes Swagger UI many seconds to render. Such a model ge
 abridged example instead (the true shape, a few values; sending it answers 400 naming
 the count it needs), and its whole example is served on its own, fetched on demand
 (``full_example``, at ``/docs/examples/{model_name}/{api}``).
-
-Each example sits once in ``components/examples``; the operations that take it (with
-and without a version in the path) refer to it.
 """
 
 from __future__ import annotations
@@ -26,8 +23,8 @@ from servekit.tensors import TensorSpec
 Api = Literal["v1", "v2"]
 APIS: tuple[Api, ...] = ("v1", "v2")
 
-# An example larger than this (as JSON) is abridged in the document. Ten models at the
-# limit, with and without versions, keep the document near 200 kB.
+# An example larger than this (as JSON) is abridged in the document (each example is
+# there twice, with and without a version in the path).
 INLINE_MAX_BYTES = 8 * 1024
 # Values of an abridged input (the innermost dimension's first few).
 ABRIDGED_VALUES = 3
@@ -132,13 +129,7 @@ def inject(schema: dict[str, Any], registry: ModelRegistry) -> dict[str, Any]:
     if not models:
         return schema
     first = next(iter(models))
-    stored = schema.setdefault("components", {}).setdefault("examples", {})
-    refs: dict[Api, dict[str, Any]] = {api: {} for api in APIS}
-    for name, m in models.items():
-        for each in APIS:
-            key = f"{name}.{each}"
-            stored[key] = document_example(m, each)
-            refs[each][name] = {"$ref": f"#/components/examples/{key}"}
+    by_api = {api: {name: document_example(m, api) for name, m in models.items()} for api in APIS}
     for path, ops in schema.get("paths", {}).items():
         for op in ops.values():
             for param in op.get("parameters", []):
@@ -152,5 +143,5 @@ def inject(schema: dict[str, Any], registry: ModelRegistry) -> dict[str, Any]:
             elif path.startswith("/v2/models/") and path.endswith("/infer"):
                 api = "v2"
             if api is not None:
-                op["requestBody"]["content"]["application/json"]["examples"] = refs[api]
+                op["requestBody"]["content"]["application/json"]["examples"] = by_api[api]
     return schema
