@@ -33,7 +33,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from servekit.server.httpserver import HttpLimits, head_refusal
+from servekit.server.httpserver import REFUSED, HttpLimits, head_refusal
 from servekit.server.inference import InferenceRouter
 
 try:  # FastAPI >= 0.160
@@ -146,6 +146,10 @@ class ServekitAPI(FastAPI):
             return
         if edge is None or scope["type"] != "http":
             await super().__call__(scope, receive, send)
+            return
+        refused = scope.get("extensions", {}).get(REFUSED)
+        if refused is not None:  # by the HTTP server (server/httpserver.py)
+            await _answer(send, 503, refused, [(b"retry-after", b"1"), (b"connection", b"close")])
             return
         refusal = head_refusal(scope, self.limits)
         if refusal is not None:

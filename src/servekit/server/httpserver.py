@@ -47,6 +47,10 @@ LINGER_BYTES = 8 * 1024 * 1024
 # request that was already on its way (at most the drain timeout).
 DRAIN_GRACE_S = 1.0
 
+# The scope extension that marks a request to refuse, with the message to answer.
+REFUSED = "servekit.refused"
+SHUTTING_DOWN = "server shutting down"
+
 Parser = Literal["auto", "httptools", "h11"]
 
 
@@ -184,9 +188,6 @@ class HttpToolsLimited(_Refusals, _HttpToolsBase or asyncio.Protocol):  # type: 
         if self.refused:
             self.drop(data)
             return
-        if self.refuse_new and not self.pending:  # a new request after shutdown began
-            self.refuse(refusal_bytes(503, "server shutting down", (b"retry-after: 1\r\n",)))
-            return
         if self.head_open:
             self.head_raw += len(data)
             if self.head_raw > self.limits.max_head_bytes:
@@ -202,6 +203,16 @@ class HttpToolsLimited(_Refusals, _HttpToolsBase or asyncio.Protocol):  # type: 
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        if self.refuse_new and not self.pending:
+            # A new request after the stop began. The app's edge answers it 503 and
+            # Connection: close through uvicorn (access log, metrics), as marked here
+            # in its scope (uvicorn's, made by on_message_begin).
+            scope = getattr(self, "scope", None)
+            if not isinstance(scope, dict):  # a uvicorn without it: answered here
+                extra = (b"retry-after: 1\r\n",)
+                self.refuse(refusal_bytes(503, SHUTTING_DOWN, extra))
+                raise _Refused(SHUTTING_DOWN)
+            scope["extensions"] = {**scope.get("extensions", {}), REFUSED: SHUTTING_DOWN}
         self.pending += 1
         self.head_open = True
         self.head_raw = self.url_bytes = self.header_bytes = self.header_count = 0
@@ -253,7 +264,11 @@ class HttpToolsLimited(_Refusals, _HttpToolsBase or asyncio.Protocol):  # type: 
 
     def _close_if_idle(self) -> None:
         transport = self.transport_
-        if transport is not None and not self.refused and not transport.is_closing():
+        if (
+            transport is not None
+            and not (self.refused or self.pending)
+            and not transport.is_closing()
+        ):
             transport.close()
 
 
