@@ -200,7 +200,9 @@ def test_serve_on_a_port_in_use_fails_in_one_line() -> None:
         taken.listen()
         port = taken.getsockname()[1]
         line = serve_fails("--port", str(port))
-    assert f"127.0.0.1:{port}" in line and "in use" in line
+        assert line == f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
+        line = serve_fails("--port", str(free_port()), env={"SERVEKIT_GRPC_PORT": str(port)})
+        assert f"gRPC cannot listen on 127.0.0.1:{port}" in line
 
 
 def test_serve_flags_reach_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -117,9 +117,9 @@ def _reason(e: OSError) -> str:
     return str(e.strerror or e.reason if isinstance(e, ssl.SSLError) else e.strerror or e)
 
 
-def _check_port(host: str, port: int) -> None:
-    """Bind the address once, as uvicorn will, so a port in use fails here in one line.
-    (Another process could take it in between: then uvicorn's own error says so.)"""
+def _check_port(host: str, port: int, what: str = "") -> None:
+    """Bind the address once, as the server will, so a port in use fails here in one
+    line. (Another process could take it in between: then the server's error says so.)"""
     if port == 0:
         return
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -128,7 +128,7 @@ def _check_port(host: str, port: int) -> None:
         try:
             sock.bind((host, port))
         except OSError as e:
-            fail(f"cannot listen on {host}:{port}: {e.strerror or e}")
+            fail(f"{what}cannot listen on {host}:{port}: {e.strerror or e}")
 
 
 class _StartupLog:
@@ -337,6 +337,8 @@ def serve(
         fail(str(e))
     _check_tls(settings)
     _check_port(settings.host, settings.port)
+    _check_port(settings.host, settings.grpc_port, "gRPC ")
+    _check_port(settings.host, settings.tfs_grpc_port, "TF Serving gRPC ")
     env = settings.model_dump(
         mode="json", exclude_defaults=True, exclude={"admin_token", "api_keys"}
     )
