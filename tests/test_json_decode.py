@@ -89,6 +89,16 @@ BODIES: dict[str, tuple[bytes, int]] = {  # body, arrays read straight into nump
     "rank-16": (orjson.dumps({"instances": np.zeros([1] * 15 + [5000]).tolist()}), 1),
     "rank-17-stays-a-list": (orjson.dumps({"x": np.zeros([1] * 16 + [5000]).tolist()}), 0),
     "small-body": (orjson.dumps({"instances": [[1.0] * 64]}), 0),
+    "several-chunks-floats": (
+        orjson.dumps(
+            {"instances": RNG.random((2, 150, 150, 3))}, option=orjson.OPT_SERIALIZE_NUMPY
+        ),
+        1,
+    ),
+    "several-chunks-ints": (
+        orjson.dumps({"x": RNG.integers(-(2**62), 2**62, 300_000).tolist()}),
+        1,
+    ),
 }
 
 
@@ -127,6 +137,12 @@ def test_same_errors_as_loads_strict(case: str) -> None:
 
 def test_a_marker_in_the_body_is_parsed_by_orjson_alone() -> None:
     body = orjson.dumps({"x": "\u0000servekit-tensor-0", "y": BIG})
+    fast = loads_tensors(body)
+    assert fast["x"] == "\u0000servekit-tensor-0" and isinstance(fast["y"], list)
+
+
+def test_a_marker_written_with_other_escapes_is_parsed_by_orjson_alone() -> None:
+    body = b'{"x": "\\u0000\\u0073ervekit-tensor-0", "y": ' + orjson.dumps(BIG) + b"}"
     fast = loads_tensors(body)
     assert fast["x"] == "\u0000servekit-tensor-0" and isinstance(fast["y"], list)
 

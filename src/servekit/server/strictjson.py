@@ -8,6 +8,7 @@ over a request's structure (ours, numpy's, repr's) can recurse deeply.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -115,46 +116,99 @@ _IN_ARRAY = bytes(
     ord("x") if chr(c) in "[]0123456789eE+-., \t\r\n" else ord("o") for c in range(256)
 )
 _NUMBER_CHARS = b"0123456789eE+-. \t\r\n"
+_BRACKETS_TO_SPACES = bytes.maketrans(b"[]", b"  ")
+# The most bytes one step of numeric_array reads while holding the GIL (about 1 ms).
+CHUNK = 1 << 20
 # What stands in for a cut-out array while orjson parses the rest: a string no body can
 # hold unless it has a \u0000 escape (such a body is parsed by orjson alone).
 _MARK = b"\\u0000servekit-tensor-"
 _MARK_TEXT = _MARK.decode("unicode_escape")
+_NUL = _MARK[:6]
 
 
 def _skeleton(shape: list[int]) -> bytes:
     """The brackets and commas of a rectangular array of ``shape``, without its numbers."""
     text = b"[" + b"," * (shape[-1] - 1) + b"]"
     for n in reversed(shape[:-1]):
-        text = b"[" + b",".join([text] * n) + b"]"
+        text = b"[" + (text + b",") * (n - 1) + text + b"]"
     return text
 
 
-def numeric_array(text: bytes) -> Any:
-    """A JSON array of numbers (nested, rectangular) as a float64 array (int64 when no
-    number has a fraction or exponent, as numpy reads the same values from lists), or
-    None when it is anything else: ragged, empty, out of int64 or double range, not
-    JSON, deeper than ``MAX_RANK``. None sends it to orjson, whose result (and errors)
-    it would have had anyway."""
+def _shape_of(skeleton: bytes) -> list[int] | None:
+    """The shape a skeleton has if it is rectangular (checked by the caller against
+    ``_skeleton(shape)``), read from its first element at each level: the first array of
+    level k ends where ``rank - k`` brackets first close together."""
+    rank = len(skeleton) - len(skeleton.lstrip(b"["))
+    if not 0 < rank <= MAX_RANK:
+        return None
+    shape: list[int] = []
+    inner = 0  # the skeleton length of one element of the level below (a number: 0)
+    for level in range(rank - 1, -1, -1):
+        close = skeleton.find(b"]" * (rank - level))
+        if close < 0:
+            return None
+        length = close + (rank - level) - level  # of this level's first array
+        count, rest = divmod(length - 1, inner + 1)
+        if rest or count < 1:
+            return None
+        shape.insert(0, count)
+        inner = length
+    return shape
+
+
+def _chunks(data: bytes, start: int, end: int) -> Iterator[bytes]:
+    """``data[start:end]`` in pieces of ``CHUNK`` bytes (one GIL hold each)."""
+    for i in range(start, end, CHUNK):
+        yield data[i : min(i + CHUNK, end)]
+
+
+def numeric_array(raw: bytes, start: int = 0, end: int | None = None) -> Any:
+    """``raw[start:end]``, a JSON array of numbers (nested, rectangular), as a float64
+    array (int64 when no number has a fraction or exponent, as numpy reads the same
+    values from lists), or None when it is anything else: ragged, empty, out of int64
+    or double range, not JSON, deeper than ``MAX_RANK``. None sends it to orjson, whose
+    result (and errors) it would have had anyway.
+
+    The shape comes from the brackets and commas alone (which must be those of a
+    rectangular array of that shape); the numbers, their brackets made spaces, are
+    parsed as flat lists of about ``CHUNK`` bytes each. Every step holds the GIL for
+    one chunk, or one pass of memchr or memcpy, so a decoder thread never keeps the
+    event loop waiting long.
+    """
+    end = len(raw) if end is None else end
     if _simdjson is None:
         return None
-    try:
-        doc = _simdjson.Parser().parse(text)
-        if not isinstance(doc, _simdjson.Array):
-            return None
-        shape: list[int] = []
-        node = doc
-        while isinstance(node, _simdjson.Array) and len(node) and len(shape) <= MAX_RANK:
-            shape.append(len(node))
-            node = node[0]
-        if isinstance(node, _simdjson.Array) or len(shape) > MAX_RANK:
-            return None  # an empty array somewhere, or too deep: orjson's to judge
-        whole = b"." in text or b"e" in text or b"E" in text
-        buffer = doc.as_buffer(of_type="d" if whole else "i")
-    except (ValueError, TypeError, RuntimeError, UnicodeDecodeError):
+    skeleton = b"".join(c.translate(None, _NUMBER_CHARS) for c in _chunks(raw, start, end))
+    shape = _shape_of(skeleton)
+    if shape is None or skeleton != _skeleton(shape):
         return None
-    if text.translate(None, _NUMBER_CHARS) != _skeleton(shape):
-        return None  # ragged (simdjson's buffer flattens any nesting)
-    return np.frombuffer(buffer, dtype=np.float64 if whole else np.int64).reshape(shape)
+    count = math.prod(shape)
+    fraction = any(raw.find(c, start, end) >= 0 for c in (b".", b"e", b"E"))
+    out = np.empty(count, dtype=np.float64 if fraction else np.int64)
+    filled, pos = 0, start
+    while pos < end:
+        cut = raw.find(b",", min(pos + CHUNK, end), end)
+        cut = end if cut < 0 else cut
+        piece = b"[" + raw[pos:cut].translate(_BRACKETS_TO_SPACES) + b"]"
+        try:
+            buffer = (
+                _simdjson.Parser()
+                .parse(piece)
+                .as_buffer(  # type: ignore[union-attr]
+                    of_type="d" if fraction else "i"
+                )
+            )
+        except (ValueError, TypeError, RuntimeError, UnicodeDecodeError, AttributeError):
+            return None  # not numbers (or out of range): orjson's to judge
+        values = np.frombuffer(buffer, dtype=out.dtype)
+        if filled + values.size > count:
+            return None
+        out[filled : filled + values.size] = values
+        filled += values.size
+        pos = cut + 1
+    if filled != count:
+        return None  # an empty array somewhere ("[]" has the skeleton of one number)
+    return out.reshape(shape)
 
 
 def loads_tensors(body: bytes | memoryview, what: str = "a JSON object") -> Any:
@@ -164,13 +218,13 @@ def loads_tensors(body: bytes | memoryview, what: str = "a JSON object") -> Any:
     Anything that is not such an array (strings, booleans, nulls, ragged or empty
     arrays, numbers out of range) is parsed by orjson, with the same errors."""
     raw = bytes(body)
-    if _simdjson is None or len(raw) < TENSOR_MIN_BODY or _MARK[:6] in raw:
+    if _simdjson is None or len(raw) < TENSOR_MIN_BODY or _has_nul(raw):
         return loads_strict(raw, what)
     parts: list[bytes] = []
     arrays: dict[str, Any] = {}
     start = 0
     for first, end in _array_runs(raw):
-        arr = numeric_array(raw[first:end])
+        arr = numeric_array(raw, first, end)
         if arr is None:
             continue
         key = str(len(arrays))
@@ -189,11 +243,18 @@ def loads_tensors(body: bytes | memoryview, what: str = "a JSON object") -> Any:
     return _put_back(data, arrays)
 
 
+def _has_nul(raw: bytes) -> bool:
+    """Whether ``raw`` has a \\u0000 escape (the only way JSON writes the character
+    every marker starts with), chunk by chunk."""
+    step = CHUNK + len(_NUL)
+    return any(raw.find(_NUL, i, i + step) >= 0 for i in range(0, len(raw), CHUNK))
+
+
 def _array_runs(raw: bytes) -> Iterator[tuple[int, int]]:
     """(start, end) of each stretch of ``raw`` that may be one numeric array of at least
     ``TENSOR_MIN_ARRAY`` bytes: from its first '[' to its last ']'. A stretch that is
     not one array (two arrays side by side, a run inside a string) is refused later."""
-    kinds = raw.translate(_IN_ARRAY)
+    kinds = b"".join(c.translate(_IN_ARRAY) for c in _chunks(raw, 0, len(raw)))
     seed = b"x" * TENSOR_MIN_ARRAY
     pos = 0
     while (hit := kinds.find(seed, pos)) >= 0:
