@@ -112,16 +112,7 @@ def test_a_request_on_an_idle_keep_alive_connection_during_the_stop_is_refused_w
             status, headers, _ = read_response(sock)
             assert status == 200 and headers.get("connection") != "close"
             server.proc.send_signal(signal.SIGTERM)
-            # The stop has begun once the listener refuses new connections.
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline:
-                try:
-                    socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
-                except ConnectionRefusedError:
-                    break
-                time.sleep(0.01)
-            else:
-                raise AssertionError("the listener stayed open 5 s after SIGTERM")
+            wait_for_the_listener_to_close(server)
             sock.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: t\r\n\r\n")
             status, headers, body = read_response(sock)
             assert status == 503, body
@@ -133,6 +124,35 @@ def test_a_request_on_an_idle_keep_alive_connection_during_the_stop_is_refused_w
     finally:
         server.stop()
     assert "Traceback" not in server.log(), server.log()
+
+
+def test_a_request_half_arrived_when_the_stop_began_is_refused_with_503() -> None:
+    """Its head was still arriving: uvicorn closed the connection under it."""
+    server = ServerProcess(name="drain-head").wait_ready()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: t\r\n")
+            time.sleep(0.3)
+            server.proc.send_signal(signal.SIGTERM)
+            wait_for_the_listener_to_close(server)
+            sock.sendall(b"Accept: */*\r\n\r\n")
+            status, headers, body = read_response(sock)
+            assert (status, headers["connection"]) == (503, "close"), body
+        assert stopped_within(server, 10) < 5
+    finally:
+        server.stop()
+
+
+def wait_for_the_listener_to_close(server: ServerProcess) -> None:
+    """The stop has begun once the listener refuses new connections."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
+        except ConnectionRefusedError:
+            return
+        time.sleep(0.01)
+    raise AssertionError("the listener stayed open 5 s after SIGTERM")
 
 
 def test_an_idle_connection_does_not_hold_the_stop() -> None:

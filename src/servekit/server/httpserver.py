@@ -255,6 +255,14 @@ class HttpToolsLimited(_Refusals, _HttpToolsBase or asyncio.Protocol):  # type: 
 
     def shutdown(self) -> None:
         transport = self.transport_
+        arriving = self.pending == 1 and self.head_open  # only a request still arriving
+        scope = getattr(self, "scope", None)
+        if arriving and isinstance(scope, dict):
+            # Its answer: 503 and Connection: close, as for a request after this point
+            # (uvicorn would close the connection under it).
+            scope["extensions"] = {**scope.get("extensions", {}), REFUSED: SHUTTING_DOWN}
+            self.refuse_new = True
+            return
         if self.pending or transport is None or transport.is_closing():
             super().shutdown()  # uvicorn: the response in progress says Connection: close
             return
