@@ -3,6 +3,7 @@ servekit runs (httptools) and h11 (issue 21, defect 1)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import sys
@@ -10,13 +11,15 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 
 from conftest import ServerProcess
 from servekit.config import ServerSettings
-from servekit.server.httpserver import H11Limited, HttpToolsLimited, protocol_class
+from servekit.server.httpserver import H11Limited, HttpLimits, HttpToolsLimited, protocol_class
 
 MiB = 1024 * 1024
 
@@ -225,3 +228,103 @@ def test_protocol_choice() -> None:
     assert protocol_class("auto").__mro__[2] is auto_class
     assert issubclass(protocol_class("auto"), HttpToolsLimited)
     assert protocol_class("h11") is H11Limited
+
+
+# -- the fallbacks, in-process: uvicorn's protocol fed bytes through a recording transport --
+
+
+class RecordingTransport(asyncio.Transport):
+    """What a protocol writes, and whether it closed: the one fake here (a transport
+    that a test can read back; the protocol and the parser are real)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = b""
+        self.closed = False
+        self.eof = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += bytes(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8000)}.get(
+            name, default
+        )
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+async def _app(scope: Any, receive: Any, send: Any) -> None:
+    body = b'{"ok": true}'
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def connect(parser: str, limits: HttpLimits) -> tuple[Any, RecordingTransport]:
+    from uvicorn.server import ServerState
+
+    config = uvicorn.Config(_app, h11_max_incomplete_event_size=limits.max_head_bytes)
+    config.load()
+    protocol = protocol_class(parser)(  # type: ignore[arg-type]
+        config=config, server_state=ServerState(), app_state={}, limits=limits
+    )
+    transport = RecordingTransport()
+    protocol.connection_made(transport)
+    return protocol, transport
+
+
+async def test_a_drain_refusal_without_uvicorn_s_scope_is_answered_by_the_protocol(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The edge answers a request after the stop began, marked in uvicorn's ``scope``;
+    when that is not there, the protocol answers it itself."""
+    protocol, transport = connect("httptools", HttpLimits())
+    protocol.shutdown()  # idle: kept open for the grace, new requests refused
+    base = HttpToolsLimited.__mro__[2]
+    monkeypatch.setattr(base, "on_message_begin", lambda self: None)  # sets no scope
+    protocol.data_received(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert transport.written.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    assert b"retry-after: 1\r\n" in transport.written and transport.eof
+
+
+async def test_h11_s_own_bound_holds_when_its_buffer_cannot_be_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``H11Limited`` reads h11's buffer through uvicorn's ``conn``; without it, the
+    bound h11 itself keeps (uvicorn's public h11_max_incomplete_event_size) refuses."""
+    limits = HttpLimits(max_url_bytes=256, max_header_bytes=1024)
+    monkeypatch.setattr(H11Limited, "_buffered_head", lambda self: 0)
+    protocol, transport = connect("h11", limits)
+    protocol.data_received(b"GET / HTTP/1.1\r\nHost: t\r\nX-Huge: ")
+    for _ in range(4):
+        if transport.closed:
+            break
+        protocol.data_received(b"a" * 1024)
+    assert transport.written.startswith(b"HTTP/1.1 400 ") and transport.closed
+    # With the buffer readable, the answer is servekit's own 431.
+    monkeypatch.undo()
+    protocol, transport = connect("h11", limits)
+    protocol.data_received(b"GET / HTTP/1.1\r\nHost: t\r\nX-Huge: ")
+    for _ in range(4):
+        protocol.data_received(b"a" * 1024)
+    assert transport.written.startswith(b"HTTP/1.1 431 ")
