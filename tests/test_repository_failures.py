@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import REPO, digits_rows
 from servekit.config import ServerSettings
-from servekit.repository import ModelRegistry
+from servekit.repository import ModelRegistry, relative_message
 from servekit.server.app import create_app
 
 TOKEN = "t"
@@ -310,3 +310,18 @@ async def test_the_management_api_tries_a_failed_model_again(
             assert "garbage/1/model.tflite is not a TFLite model" in r.json()["error"]
             assert real_path(tmp_path) not in r.text and str(tmp_path) not in r.text
         assert len(failure_lines(caplog, "garbage")) == 2, caplog.text
+
+
+def test_relative_message_cuts_whole_repository_paths_only(tmp_path: Path) -> None:
+    repo = tmp_path / "models"
+    repo.mkdir()
+    text = f"{repo}/digits/1/model.tflite is not a TFLite model; {repo}2/x and {repo}"
+    assert relative_message(text, repo) == (
+        f"digits/1/model.tflite is not a TFLite model; {repo}2/x and ."
+    )
+    relative = Path("models")  # as given on the command line
+    assert (
+        relative_message("no models in models/digits/1/model.tflite", relative)
+        == "no models in digits/1/model.tflite"
+    )
+    assert relative_message("anything", None) == "anything"

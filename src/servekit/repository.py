@@ -893,7 +893,16 @@ def relative_message(message: str, root: Path | None) -> str:
     index, /v1/models, 503s) do not show where the server keeps its files."""
     if root is None or not message:
         return message
-    prefixes = {str(root), str(root.absolute()), str(root.resolve())} - {"", ".", os.sep}
-    for prefix in sorted(prefixes, key=len, reverse=True):
-        message = message.replace(prefix + os.sep, "").replace(prefix, ".")
+    absolute = {str(root.absolute()), str(root.resolve())}
+    for prefix in sorted(absolute | {str(root)}, key=len, reverse=True):
+        if prefix in ("", ".", os.sep):
+            continue
+        # A whole path only; the bare folder (".") only when absolute: a relative root
+        # such as "models" is also a word.
+        end = rf"(?:{re.escape(os.sep)}|(?![\w.-]))" if prefix in absolute else re.escape(os.sep)
+        message = re.sub(
+            rf"(?<![\w.-]){re.escape(prefix)}{end}",
+            lambda m: "" if m.group(0).endswith(os.sep) else ".",
+            message,
+        )
     return message
