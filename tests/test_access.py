@@ -18,6 +18,7 @@ from servekit.server.app import create_app
 
 KEY = {"X-API-Key": "k1"}
 BEARER = {"Authorization": "Bearer k2"}
+EXAMPLE = "/docs/examples/digits/v1"
 
 
 @asynccontextmanager
@@ -37,7 +38,8 @@ async def served(root_path: str = "", **settings: Any) -> AsyncIterator[httpx.As
 
 async def test_openapi_and_metrics_need_a_key_when_keys_are_set() -> None:
     async with served(api_keys=["k1", "k2"]) as c:
-        for path in ("/openapi.json", "/metrics"):
+        guarded = {"/openapi.json": "digits", "/metrics": "digits", EXAMPLE: "instances"}
+        for path, shown in guarded.items():
             r = await c.get(path)
             assert r.status_code == 401, (path, r.text)
             assert "missing API key" in r.json()["error"] and "digits" not in r.text
@@ -46,7 +48,7 @@ async def test_openapi_and_metrics_need_a_key_when_keys_are_set() -> None:
             assert (r.status_code, r.json()) == (401, {"error": "invalid API key"})
             for key in (KEY, BEARER):
                 r = await c.get(path, headers=key)
-                assert r.status_code == 200 and "digits" in r.text, path
+                assert r.status_code == 200 and shown in r.text, path
         # The pages are shells that name no model: a browser's navigation cannot send a
         # key, so they load and ask for one (static/servekit/*-init.js).
         for path in ("/docs", "/redoc", "/docs/assets/servekit/swagger-init.js"):
@@ -67,8 +69,8 @@ async def test_keys_guard_docs_and_metrics_below_a_root_path() -> None:
 
 async def test_docs_public_and_metrics_public_open_them_again() -> None:
     async with served(api_keys=["k1"], docs_public=True, metrics_public=True) as c:
-        assert (await c.get("/openapi.json")).status_code == 200
-        assert (await c.get("/metrics")).status_code == 200
+        for path in ("/openapi.json", "/metrics", EXAMPLE):
+            assert (await c.get(path)).status_code == 200, path
         assert (await c.get("/v1/models/digits")).status_code == 401  # models still guarded
 
 
