@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from conftest import MODELS, REPO, digits_rows, direct_predict
+from conftest import MODELS, REPO, ServerProcess, digits_rows, direct_predict
 from servekit.config import ServerSettings
 from servekit.errors import BadInput
 from servekit.repository import ModelRegistry, scan
@@ -154,3 +154,25 @@ async def test_poll_mode_sees_files_come_change_and_go(tmp_path: Path) -> None:
                 rtol=1e-5,
                 atol=1e-6,
             )
+
+
+def test_servekit_serve_on_a_flat_folder(tmp_path: Path) -> None:
+    """`servekit serve models/` on a folder of model files, as a user types it."""
+    repo = tmp_path / "models"
+    repo.mkdir()
+    shutil.copy(TFLITE, repo / "handwriting.tflite")
+    shutil.copy(ONNX, repo / "digits-onnx.onnx")
+    server = ServerProcess(str(repo), name="flat").wait_ready()
+    try:
+        listed = httpx.get(f"{server.url}/v1/models").json()
+        assert {(m["name"], m["version"], m["state"]) for m in listed} == {
+            ("handwriting", "1", "READY"),
+            ("digits-onnx", "1", "READY"),
+        }
+        r = httpx.post(
+            f"{server.url}/v1/models/digits-onnx:predict", json={"instances": ROWS.tolist()}
+        )
+        assert r.status_code == 200, r.text
+        np.testing.assert_allclose(r.json()["predictions"], onnx_direct(ROWS), rtol=1e-5, atol=1e-6)
+    finally:
+        assert server.stop() == 0, server.log()
