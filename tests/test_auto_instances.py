@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -244,3 +245,17 @@ def test_workers_must_be_a_number_or_auto() -> None:
     )
     assert done.returncode == 2
     assert "--workers must be a positive number or 'auto', got '0'" in done.stderr
+
+
+async def test_the_load_log_says_what_was_chosen_and_why(
+    rowwise: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="servekit.repository")
+    served = ServedModel(ModelSource("rowwise", 1, rowwise, None), ModelConfig(), Metrics())
+    await served.load()
+    try:
+        (ready,) = [r.getMessage() for r in caplog.records if " ready: " in r.getMessage()]
+        assert f"{usable_cpus()} instance(s) x 1 thread(s): batching gains little" in ready
+        assert "usable CPU(s): affinity" in ready and "not allocated" in ready
+    finally:
+        await served.unload(5)
