@@ -773,7 +773,7 @@ class ModelRegistry:
 
     # -- queries ---------------------------------------------------------------------
 
-    def _retry_after_s(self) -> int | None:
+    def failed_retry_after_s(self) -> int | None:
         """When a failed model may serve again: after the next poll (if polling)."""
         return math.ceil(self.poll_interval_s) if self.poll_interval_s else None
 
@@ -783,7 +783,7 @@ class ModelRegistry:
             if name in self._errors:
                 raise ModelUnavailable(
                     f"model '{name}' cannot be served: {self._errors[name]}",
-                    self._retry_after_s(),
+                    self.failed_retry_after_s(),
                 )
             raise NotFound(f"unknown model '{name[:128]}'; served models: {self.names()}")
         if version is None or version == "":
@@ -795,7 +795,7 @@ class ModelRegistry:
                     f"{': ' + newest.reason if newest.reason else ''})"
                 )
                 if newest.state == "UNAVAILABLE":
-                    raise ModelUnavailable(message, self._retry_after_s())
+                    raise ModelUnavailable(message, self.failed_retry_after_s())
                 raise NotReady(message)
             return ready[-1]
         try:
