@@ -75,7 +75,8 @@ def test_bench_counts_error_statuses(tmp_path: Path) -> None:
     ("args", "message"),
     [
         (("--model", "nope"), "model 'nope': the server answered 404: unknown model 'nope'"),
-        (("--model", "digits", "--rows", "100"), "the server refused the request: 400"),
+        # Past max_request_rows (4,096 by default; larger than max_batch_size is split).
+        (("--model", "digits", "--rows", "5000"), "the server refused the request: 400"),
         (("--model", "digits", "--concurrency", "0"), "Invalid value for '--concurrency'"),
         (("--model", "digits", "--protocol", "v3"), "Invalid value for '--protocol'"),
     ],
