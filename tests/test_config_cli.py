@@ -248,3 +248,42 @@ def test_serve_flags_reach_the_settings(monkeypatch: pytest.MonkeyPatch) -> None
     defaults = ServerSettings()
     assert (defaults.strict_readiness, defaults.exit_on_error) == (False, False)
     assert defaults.timeout_keep_alive_s == 75.0
+
+
+def test_start_up_log_is_held_then_written_in_order_or_dropped() -> None:
+    """What `serve` logs while starting is held: written (in order) once started or once
+    start-up takes long, dropped when start-up fails quickly (the error line says it)."""
+    import io
+    import logging
+    import time
+
+    from servekit.cli import _StartupLog
+
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    first, second = logging.getLogger("h1.test.first"), logging.getLogger("h1.test.second")
+    for logger in (first, second):
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    try:
+        with _StartupLog() as held:
+            first.info("one")
+            second.info("two")
+            first.info("three")
+            assert out.getvalue() == ""
+            held.release()
+            second.info("four")
+        assert out.getvalue().split() == ["one", "two", "three", "four"]
+        out.truncate(0)
+        out.seek(0)
+        with _StartupLog():
+            first.error("a failure the error line will tell")
+        assert out.getvalue() == ""
+        with _StartupLog(hold_s=0.05):
+            first.info("slow start")
+            time.sleep(0.3)
+            assert out.getvalue().split() == ["slow", "start"]
+    finally:
+        for logger in (first, second):
+            logger.removeHandler(handler)

@@ -10,6 +10,7 @@ import signal
 import socket
 import ssl
 import sys
+import threading
 from logging.handlers import MemoryHandler
 from pathlib import Path
 from types import FrameType
@@ -133,11 +134,15 @@ def _check_port(host: str, port: int, what: str = "") -> None:
 
 class _StartupLog:
     """Holds the log records written while the server starts: written out once the app
-    has started (``release``), dropped if start-up fails, so that a failure is the one
-    line the command prints, as for every other command."""
+    has started (``release``), dropped if start-up fails, so that a quick failure is
+    the one line the command prints, as for every other command. A start-up longer
+    than ``hold_s`` (many or large models) shows its log from then on, as it goes."""
 
-    def __init__(self) -> None:
+    def __init__(self, hold_s: float = 5.0) -> None:
         self.held: list[tuple[logging.Logger, logging.Handler, MemoryHandler]] = []
+        self.lock = threading.Lock()
+        self.timer = threading.Timer(hold_s, self.release)
+        self.timer.daemon = True
 
     def __enter__(self) -> _StartupLog:
         loggers = [logging.getLogger()] + [
@@ -152,6 +157,7 @@ class _StartupLog:
                 logger.removeHandler(handler)
                 logger.addHandler(memory)
                 self.held.append((logger, handler, memory))
+        self.timer.start()
         return self
 
     def release(self) -> None:
@@ -159,15 +165,17 @@ class _StartupLog:
         self._restore(flush=True)
 
     def _restore(self, flush: bool) -> None:
-        held, self.held = self.held, []
-        for logger, handler, memory in held:
-            logger.removeHandler(memory)
-            logger.addHandler(handler)
-        if flush:  # in the order they were written, whichever logger wrote them
-            records = [(r, handler) for _, handler, memory in held for r in memory.buffer]
-            for record, handler in sorted(records, key=lambda rh: rh[0].created):
-                if record.levelno >= handler.level:
-                    handler.handle(record)
+        self.timer.cancel()
+        with self.lock:
+            held, self.held = self.held, []
+            for logger, handler, memory in held:
+                logger.removeHandler(memory)
+                logger.addHandler(handler)
+            if flush:  # in the order they were written, whichever logger wrote them
+                records = [(r, handler) for _, handler, memory in held for r in memory.buffer]
+                for record, handler in sorted(records, key=lambda rh: rh[0].created):
+                    if record.levelno >= handler.level:
+                        handler.handle(record)
 
     def __exit__(self, *exc_info: object) -> None:
         self._restore(flush=False)
