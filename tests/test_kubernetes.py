@@ -585,6 +585,24 @@ def test_kserve_runtime_serves_what_it_declares() -> None:
     assert docs["PrometheusRule"] and docs["ConfigMap"]
 
 
+def test_kserve_image_is_set_with_kustomize_images(tmp_path: Path) -> None:
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(KSERVE, tmp_path)],
+        "images": [
+            {
+                "name": "registry.example.com/ml/servekit",
+                "newName": "my.registry/servekit",
+                "newTag": "1.2.3",
+            }
+        ],
+    }
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    (runtime,) = by_kind(kustomize(tmp_path))["ServingRuntime"]
+    assert runtime["spec"]["containers"][0]["image"] == "my.registry/servekit:1.2.3"
+
+
 # -- autoscaling -----------------------------------------------------------------------
 
 
