@@ -38,6 +38,7 @@ from servekit.runtime import (
     TFLiteModel,
     read_model_bytes,
 )
+from servekit.runtime.runner import SharedBuckets
 from servekit.tensors import Array, TensorSpec
 from servekit.triton_config import model_config
 
@@ -259,3 +260,15 @@ async def test_the_load_log_says_what_was_chosen_and_why(
         assert "usable CPU(s): affinity" in ready and "not allocated" in ready
     finally:
         await served.unload(5)
+
+
+def test_a_versions_instances_warm_up_the_buckets_the_first_chose(rowwise: Path) -> None:
+    shared = SharedBuckets(ALL_BUCKETS, trim=True)
+    first = ModelRunner(RowwiseSession(rowwise.read_bytes()))
+    assert shared.prepare(first, None)
+    others = [ModelRunner(RowwiseSession(rowwise.read_bytes())) for _ in range(2)]
+    for m in others:
+        assert shared.prepare(m, None)
+        # The same buckets, not re-trimmed by its own (noisy) timings.
+        assert m.buckets == first.buckets and m.trimmed == first.trimmed == shared.trimmed
+    assert first.buckets[-1] < ALL_BUCKETS[-1]
