@@ -176,6 +176,12 @@ class ServerSettings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="413 above this.")
+    max_json_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        description="413 above this for a JSON request body (V2: its JSON part): what a "
+        "decoder thread parses in about 100 ms at worst; send larger tensors as binary.",
+    )
     default_model_config: ModelConfig = Field(default_factory=ModelConfig)
     switch_interval_s: float = Field(
         0.001, gt=0, description="sys.setswitchinterval: how soon workers get the GIL back."

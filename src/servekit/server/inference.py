@@ -23,11 +23,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from servekit.config import ServerSettings
 from servekit.dataplane import Cancelled, DataPlane
-from servekit.errors import ClientDisconnected
+from servekit.errors import ClientDisconnected, PayloadTooLarge
 from servekit.server.errors import response_for
 from servekit.server.limits import client_gone
 from servekit.server.paths import compile_template, route_path
+
+DEFAULT_MAX_JSON_BYTES: int = ServerSettings.model_fields["max_json_bytes"].default
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +44,7 @@ class InferenceCall:
     version: str | None  # None: the newest ready version
     cancelled: Cancelled  # returns when the client has gone
     max_body_bytes: int  # also the limit for a decompressed body
+    max_json_bytes: int = DEFAULT_MAX_JSON_BYTES  # the limit for JSON (V2: its JSON part)
 
 
 Handler = Callable[[InferenceCall], Awaitable[Response]]
@@ -75,6 +79,7 @@ async def call_from_request(
         version=version,
         cancelled=client_gone(request.receive),
         max_body_bytes=state.settings.max_body_bytes,
+        max_json_bytes=state.settings.max_json_bytes,
     )
 
 
@@ -89,11 +94,16 @@ class InferenceRouter:
     """
 
     def __init__(
-        self, routes: Sequence[InferenceRoute], plane: DataPlane, max_body_bytes: int
+        self,
+        routes: Sequence[InferenceRoute],
+        plane: DataPlane,
+        max_body_bytes: int,
+        max_json_bytes: int | None = None,  # None: the app's settings' (scope["app"])
     ) -> None:
         self.routes = tuple(routes)
         self.plane = plane
         self.max_body_bytes = max_body_bytes
+        self.max_json_bytes = max_json_bytes
 
     def match(self, scope: Scope) -> tuple[InferenceRoute, dict[str, str]] | None:
         """The route a POST's path matches, with its path parameters; None: not one of
@@ -104,6 +114,13 @@ class InferenceRouter:
             if m is not None:
                 return route, m.groupdict()
         return None
+
+    def _max_json_bytes(self, scope: Scope) -> int:
+        if self.max_json_bytes is None:
+            settings = getattr(getattr(scope.get("app"), "state", None), "settings", None)
+            limit = getattr(settings, "max_json_bytes", None)
+            self.max_json_bytes = limit if isinstance(limit, int) else DEFAULT_MAX_JSON_BYTES
+        return self.max_json_bytes
 
     async def serve(
         self,
@@ -122,6 +139,7 @@ class InferenceRouter:
                 version=params.get("version"),
                 cancelled=client_gone(receive),
                 max_body_bytes=self.max_body_bytes,
+                max_json_bytes=self._max_json_bytes(scope),
             )
             response = await route.handler(call)
         except Exception as exc:
@@ -152,6 +170,16 @@ async def parse_off_loop(size: int, fn: Callable[P, T], *args: P.args, **kwargs:
         _decoder = ThreadPoolExecutor(_DECODE_THREADS, thread_name_prefix="servekit-decode")
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(_decoder, functools.partial(fn, *args, **kwargs))
+
+
+def check_json_size(size: int, limit: int) -> None:
+    """413 for a JSON body (V2: its JSON part) over ``limit`` bytes, before it is parsed."""
+    if size > limit:
+        raise PayloadTooLarge(
+            f"the JSON request is {size} bytes, over the limit of {limit} bytes for JSON "
+            "(SERVEKIT_MAX_JSON_BYTES); send large tensors as binary data (V2's binary "
+            "tensor extension, or gRPC)"
+        )
 
 
 async def read_body(receive: Receive) -> bytes:

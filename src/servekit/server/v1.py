@@ -29,6 +29,7 @@ from servekit.server.inference import (
     InferenceCall,
     InferenceRoute,
     call_from_request,
+    check_json_size,
     parse_off_loop,
 )
 from servekit.server.schemas import (
@@ -175,6 +176,7 @@ def parse_body(body: bytes) -> dict[str, Any]:
 
 async def handle_predict(call: InferenceCall) -> Response:
     """A predict request, whichever router matched it."""
+    check_json_size(len(call.body), call.max_json_bytes)
     body = await parse_off_loop(len(call.body), parse_body, call.body)
 
     def decode(model: ServedModel) -> Predict:

@@ -145,6 +145,7 @@ def _parse(call: InferenceCall, headers: Any) -> v2_codec.ParsedBody:
         body,
         header_length=headers.get(v2_codec.HEADER_LENGTH),
         content_type=headers.get("content-type"),
+        max_json_bytes=call.max_json_bytes,
     )
 
 

@@ -203,11 +203,26 @@ class ParsedBody:
     offset: int  # where binary tensor data begins in ``body``
 
 
-def parse_body(body: bytes, *, header_length: str | None, content_type: str | None) -> ParsedBody:
+def parse_body(
+    body: bytes,
+    *,
+    header_length: str | None,
+    content_type: str | None,
+    max_json_bytes: int | None = None,
+) -> ParsedBody:
     """Split a (decompressed) request body and parse its JSON header, numeric ``data``
-    arrays straight into numpy (``strictjson.loads_tensors``)."""
+    arrays straight into numpy (``strictjson.loads_tensors``); PayloadTooLarge for a
+    JSON header over ``max_json_bytes``."""
     header, offset = split_body(body, header_length, content_type)
-    return ParsedBody(body, None if header is None else _load_json(header), offset)
+    if header is None:
+        return ParsedBody(body, None, offset)
+    if max_json_bytes is not None and len(header) > max_json_bytes:
+        raise PayloadTooLarge(
+            f"the JSON request is {len(header)} bytes, over the limit of {max_json_bytes} "
+            "bytes for JSON (SERVEKIT_MAX_JSON_BYTES); send large tensors as binary data "
+            "(the binary tensor extension)"
+        )
+    return ParsedBody(body, _load_json(header), offset)
 
 
 def decode_request(
