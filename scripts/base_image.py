@@ -34,6 +34,21 @@ from pathlib import Path
 # Debian's name of the CPU -> QEMU's binfmt entry for it.
 QEMU_BINFMT = {"arm64": "qemu-aarch64", "amd64": "qemu-x86_64"}
 NATIVE = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+# Running an arm64 image or tree here: QEMU as a Raspberry Pi 4's CPU (Cortex-A72: NEON,
+# no SVE), and the /proc/cpuinfo such a board shows. QEMU shows the x86-64 host's
+# /proc/cpuinfo to the arm64 program, and the CPU detection of both runtimes (XNNPACK's
+# when ai-edge-litert makes an interpreter, ONNX Runtime's at import) crashes reading it;
+# with this file mounted over it both run.
+BOARD_ENV = {"QEMU_CPU": "cortex-a72"}
+BOARD_CPUINFO = (
+    "".join(
+        f"processor\t: {n}\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\n"
+        "CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\n"
+        "CPU part\t: 0xd08\nCPU revision\t: 3\n\n"
+        for n in range(4)
+    )
+    + "Hardware\t: BCM2835\nModel\t\t: Raspberry Pi 4 Model B Rev 1.1\n"
+)
 TRIM = ("var/cache/apt", "var/lib/apt/lists", "usr/share/doc", "usr/share/man", "usr/share/locale")
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

@@ -38,9 +38,11 @@ import pytest
 
 from conftest import DEMO, REPO, ROOT, ServerProcess, digits_rows
 from test_deploy import (
+    ONNX_DIGITS,
     Container,
     Docker,
     assert_drained_exit,
+    onnx_reference,
     reference,
 )
 from test_deploy import (
@@ -159,7 +161,7 @@ def chroot(tree: Path, venv: str, *args: str) -> subprocess.CompletedProcess[str
         capture_output=True,
         text=True,
         timeout=300,
-        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", **base_image.BOARD_ENV},
     )
 
 
@@ -255,10 +257,14 @@ def assert_answers_as_on_x86(url: str) -> None:
 @pytest.mark.timeout(900)
 def test_arm64_servekit_answers_as_on_x86_and_drains(arm64_tree: Path, arm64_venv: str) -> None:
     repo = model_repository(arm64_tree / "tmp" / f"repo-{uuid.uuid4().hex[:8]}")
+    shutil.copy(EDGE_CONFIG, repo / "edge.yaml")  # not a model: no version folder
     started = time.monotonic()
     server = ServerProcess(
         f"/{repo.relative_to(arm64_tree)}",
+        "--config",
+        f"/{repo.relative_to(arm64_tree)}/edge.yaml",
         name="arm64",
+        env=base_image.BOARD_ENV,  # QEMU as a Raspberry Pi 4's CPU
         command=(CHROOT, str(arm64_tree), f"{arm64_venv}/bin/python", "-m", "servekit", "serve"),
     )
     try:
@@ -313,6 +319,14 @@ def test_arm64_image_answers_as_on_x86_and_stops_drained(
 ) -> None:
     tmp_path.chmod(0o755)
     repo = model_repository(tmp_path / "models")
+    # ONNX Runtime's digits model too: the image's second runtime, on arm64.
+    (repo / "digits_onnx" / "1").mkdir(parents=True)
+    shutil.copy(ONNX_DIGITS, repo / "digits_onnx" / "1" / "model.onnx")
+    for p in [repo / "digits_onnx", *(repo / "digits_onnx").rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(base_image.BOARD_CPUINFO)
+    cpuinfo.chmod(0o644)
     # As docs/edge.md runs it, on free ports of the host network.
     c = Container(
         docker,
@@ -324,11 +338,56 @@ def test_arm64_image_answers_as_on_x86_and_stops_drained(
         f"{repo}:/models:ro",
         "--volume",
         f"{EDGE_CONFIG}:/etc/servekit/edge.yaml:ro",
+        # Under QEMU only: a Raspberry Pi 4's CPU and /proc/cpuinfo (scripts/base_image.py).
+        "--volume",
+        f"{cpuinfo}:/proc/cpuinfo:ro",
+        env=base_image.BOARD_ENV,
         command=("--config", "/etc/servekit/edge.yaml"),
     )
     c.wait_ready(timeout=600)
     assert docker("exec", c.name, "uname", "-m").stdout.strip() == "aarch64"
     assert_answers_as_on_x86(c.url)
+    x = digits_rows(8, 60)
+    want = onnx_reference(ONNX_DIGITS, {"pixels": x})["probabilities"]
+    r = httpx.post(
+        f"{c.url}/v1/models/digits_onnx:predict", json={"instances": x.tolist()}, timeout=120
+    )
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(r.json()["predictions"], want, rtol=1e-5, atol=1e-6)
+    meta = httpx.get(f"{c.url}/v1/models/digits_onnx/metadata", timeout=30).json()
+    assert meta["servekit"]["runtime"].startswith("onnxruntime "), meta
+
+    metrics = httpx.get(f"{c.url}/metrics", timeout=30)
+    assert metrics.status_code == 200 and "servekit_requests_total{" in metrics.text
+
+    # An update as on the board (poll mode): version 2 written beside the repository and
+    # moved in whole; served once loaded, version 1 then retired (version_policy latest).
+    staging = tmp_path / "staging"
+    staging.mkdir(mode=0o755)
+    shutil.copy(DEMO / "digits.tflite", staging / "model.tflite")
+    (staging / "model.tflite").chmod(0o644)
+    staging.rename(repo / "digits" / "2")
+    deadline = time.monotonic() + 300
+    while httpx.get(f"{c.url}/v2/models/digits/versions/2/ready", timeout=30).status_code != 200:
+        assert time.monotonic() < deadline, c.logs()
+        time.sleep(1)
+    x = digits_rows(4, 90)
+    r = httpx.post(
+        f"{c.url}/v2/models/digits/versions/2/infer", json=v2_json("pixels", x), timeout=120
+    )
+    assert r.status_code == 200, r.text
+    (out,) = r.json()["outputs"]
+    want = reference(DEMO / "digits.tflite", {"pixels": x})["probabilities"]
+    np.testing.assert_allclose(np.reshape(out["data"], out["shape"]), want, rtol=1e-5, atol=1e-6)
+
     rss, peak = vm_rss_mb(docker, c.name)
     print(f"\narm64 image under QEMU, demo + conv net: RSS {rss:.0f} MB (peak {peak:.0f} MB)")
     assert_drained_exit(c)
+
+
+def v2_json(name: str, x: np.ndarray) -> dict[str, object]:
+    return {
+        "inputs": [
+            {"name": name, "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}
+        ]
+    }
