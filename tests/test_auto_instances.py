@@ -17,6 +17,7 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -38,6 +39,7 @@ from servekit.runtime import (
     TFLiteModel,
     read_model_bytes,
 )
+from servekit.runtime.base import threads_of
 from servekit.runtime.runner import SharedBuckets
 from servekit.tensors import Array, TensorSpec
 from servekit.triton_config import model_config
@@ -50,10 +52,14 @@ REPEATS = 40  # matrix-vector products per row
 
 
 class RowwiseSession:
-    """y = tanh(w @ ...(tanh(w @ x))) for each row on its own: no batching gain at all."""
+    """y = tanh(w @ ...(tanh(w @ x))) for each row on its own: no batching gain at all.
+    ``built_with``: the thread count of every session the backend built, in order."""
 
-    def __init__(self, content: bytes) -> None:
+    built_with: ClassVar[list[int]] = []
+
+    def __init__(self, content: bytes, threads: int = 1) -> None:
         self.w = np.load(io.BytesIO(content))
+        RowwiseSession.built_with.append(threads)
         f32 = np.dtype(np.float32)
         n = self.w.shape[0]
         self.signature = ModelSignature(
@@ -85,7 +91,7 @@ ROWWISE = Backend(
     platform="numpy_rowwise",
     model_file="model.npy",
     read=read,
-    load=lambda content, config: RowwiseSession(content),
+    load=lambda content, config: RowwiseSession(content, threads_of(config)),
     runtime_name=lambda: f"numpy {np.__version__}",
 )
 
@@ -272,3 +278,25 @@ def test_a_versions_instances_warm_up_the_buckets_the_first_chose(rowwise: Path)
         # The same buckets, not re-trimmed by its own (noisy) timings.
         assert m.buckets == first.buckets and m.trimmed == first.trimmed == shared.trimmed
     assert first.buckets[-1] < ALL_BUCKETS[-1]
+
+
+async def test_threads_chosen_after_the_first_instance_rebuild_it(rowwise: Path) -> None:
+    # instances: 1 fixed, threads auto: the first instance (one thread) is timed, then
+    # built again with every usable CPU as its threads.
+    RowwiseSession.built_with.clear()
+    reference = RowwiseSession(rowwise.read_bytes())  # noqa: ASYNC240 (a small file)
+    RowwiseSession.built_with.clear()
+    config = ModelConfig(instances=1)
+    served = ServedModel(ModelSource("rowwise", 1, rowwise, None), config, Metrics())
+    await served.load()
+    try:
+        cpus = usable_cpus()
+        meta = served.metadata()["batching"]
+        assert (meta["instances"], meta["threads_per_instance"]) == (1, cpus)
+        assert RowwiseSession.built_with == ([1, cpus] if cpus > 1 else [1])
+        x = np.linspace(-1, 1, 256, dtype=np.float32).reshape(1, 256)
+        out = await served.infer({"x": x})
+        want = reference.invoke({"x": x})["y"]
+        np.testing.assert_allclose(out["y"], want, rtol=1e-6)
+    finally:
+        await served.unload(5)
