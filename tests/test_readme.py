@@ -12,9 +12,10 @@ block (the README's Development section says the same):
   process group; the blocks below run once ``/v2/health/ready`` answers on port N; at the
   end every such server gets SIGTERM and must shut down cleanly.
 
-Ports 8000-8099 and 8500 in commands (``:8000``, ``--port 8000``, ``--grpc-port 8003``)
-and markers are replaced by free ports (``make serve`` gets its port through the PORT
-variable its Makefile reads, and its gRPC ports through ``SERVEKIT_*`` variables),
+Ports 8000-8099 and 8500 in commands (``:8000``, ``--port 8000``, ``--grpc-port 8003``,
+``make serve PORT=8080``) and markers are replaced by free ports (``make serve`` gets
+its port through the PORT variable its Makefile reads, and its gRPC ports through
+``SERVEKIT_*`` variables),
 so the test runs beside a server a developer already has on 8000. Tools the commands
 use are installed with apt-get when missing (CI runs as root on a fresh Debian
 machine). Output of every block goes to test-artifacts/readme-*.log.
@@ -43,7 +44,7 @@ from conftest import ARTIFACTS, ROOT, free_port
 README = ROOT / "README.md"
 MARKER = re.compile(r"^<!-- runnable(?::\s*(?P<opts>.*?))?\s*-->$")
 FENCE = re.compile(r"^```(?P<lang>\w*)$")
-PORT = re.compile(r"(?:(?<=:)|(?<=--port )|(?<=-grpc-port ))(?:80\d\d|8500)(?!\d)")
+PORT = re.compile(r"(?:(?<=:)|(?<=--port )|(?<=-grpc-port )|(?<=PORT=))(?:80\d\d|8500)(?!\d)")
 # Commands the README uses that a fresh Debian machine may lack, and their packages.
 TOOLS = {"curl": "curl", "ab": "apache2-utils", "make": "make"}
 BLOCK_TIMEOUT_S = 180
@@ -219,6 +220,37 @@ def test_markers_parse_and_cover_the_quickstart() -> None:
     for must in ("curl -s localhost:8000/v1/models/digits:predict", "/metrics", "ab -n"):
         assert must in code, must
     assert any(b.lang == "python" for b in blocks)
+
+
+def test_ports_are_rewritten_wherever_the_readme_names_them() -> None:
+    ports = Ports()
+    text = ports.rewrite(
+        "curl localhost:8000/x; make serve PORT=8080; servekit serve --port 8002 "
+        "--grpc-port 8003 --tfs-grpc-port 8500; SERVEKIT_GRPC_PORT=0"
+    )
+    assert text == (
+        f"curl localhost:{ports(8000)}/x; make serve PORT={ports(8080)}; servekit serve "
+        f"--port {ports(8002)} --grpc-port {ports(8003)} --tfs-grpc-port {ports(8500)}; "
+        f"SERVEKIT_GRPC_PORT=0"
+    )
+
+
+def test_what_a_new_user_needs_is_said() -> None:
+    """Frictions of the first hour (issue 22): a taken port, the interpreter Python
+    snippets need, install commands that work without a package index, a Keras example
+    worth optimizing, and int8 calibrated on real rows."""
+    text = README.read_text()
+    assert "make serve PORT=" in text
+    assert ".venv/bin/python" in text and "`python3` lacks" in text
+    # servekit is on no package index: every install names this checkout or a wheel.
+    assert "pip install 'servekit[" not in text and "pip install servekit" not in text
+    assert "pip install '.[onnx]'" in text and "uv build" in text
+    blocks = parse(text)
+    keras = next(b for b in blocks if "keras.Sequential" in b.code)
+    assert "load_digits" in keras.code and any("accuracy 0" in e for e in keras.expect)
+    compare = next(b for b in blocks if "optimize" in b.code and "--compare" in b.code)
+    assert "--representative-data" in compare.code and "--validation-data" in compare.code
+    assert "RANDOM" in compare.reject  # no random-calibration warning with real rows
 
 
 def test_parse_rejects_malformed_markers() -> None:
