@@ -34,7 +34,13 @@ import pytest
 import yaml
 
 from conftest import ARTIFACTS, ROOT, ServerProcess, digits_rows, free_port
-from monitoring_support import ALERT_RULES, DASHBOARD, RECORDING_RULES, ensure_prometheus
+from monitoring_support import (
+    ALERT_RULES,
+    DASHBOARD,
+    RECORDING_RULES,
+    TRITON_RULES,
+    ensure_prometheus,
+)
 from servekit.config import ServerSettings
 from servekit.runtime import BACKENDS
 
@@ -511,6 +517,8 @@ def test_operator_manifests_are_rendered_from_deploy_monitoring() -> None:
         g for f in (RECORDING_RULES, ALERT_RULES) for g in yaml.safe_load(f.read_text())["groups"]
     ]
     assert rule["spec"]["groups"] == groups
+    triton = yaml.safe_load((K8S_MONITORING / "triton-compat-prometheusrule.yaml").read_text())
+    assert triton["spec"]["groups"] == yaml.safe_load(TRITON_RULES.read_text())["groups"]
     configmap = yaml.safe_load((K8S_MONITORING / "grafana-dashboard.yaml").read_text())
     assert json.loads(configmap["data"]["servekit.json"]) == json.loads(DASHBOARD.read_text())
 

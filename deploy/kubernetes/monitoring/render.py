@@ -34,14 +34,17 @@ def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _Dumper.add_representer(str, _str)
 
 
-def prometheus_rule() -> dict[str, Any]:
+TRITON_RULES = "triton_compat_rules.yml"
+
+
+def prometheus_rule(name: str, rule_files: tuple[str, ...]) -> dict[str, Any]:
     groups = []
-    for name in RULE_FILES:
-        groups += yaml.safe_load((MONITORING / name).read_text())["groups"]
+    for file in rule_files:
+        groups += yaml.safe_load((MONITORING / file).read_text())["groups"]
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
-        "metadata": {"name": "servekit", "labels": {"app.kubernetes.io/name": "servekit"}},
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "servekit"}},
         "spec": {"groups": groups},
     }
 
@@ -68,7 +71,11 @@ def render() -> dict[str, str]:
         return yaml.dump(obj, Dumper=_Dumper, sort_keys=False, width=100, allow_unicode=True)
 
     return {
-        "prometheusrule.yaml": HEADER.format(" and ".join(RULE_FILES)) + dump(prometheus_rule()),
+        "prometheusrule.yaml": HEADER.format(" and ".join(RULE_FILES))
+        + dump(prometheus_rule("servekit", RULE_FILES)),
+        # Not in kustomization.yaml: add it to your resources for Triton's metric names.
+        "triton-compat-prometheusrule.yaml": HEADER.format(TRITON_RULES)
+        + dump(prometheus_rule("servekit-triton-compat", (TRITON_RULES,))),
         "grafana-dashboard.yaml": HEADER.format("grafana/dashboards/servekit.json")
         + dump(dashboard_configmap()),
     }
