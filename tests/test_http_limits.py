@@ -179,6 +179,37 @@ def test_a_refused_head_is_answered_after_a_keep_alive_request(server: ServerPro
         assert sock.recv(1) == b""  # and the connection is closed
 
 
+def test_a_head_that_trickles_in_gets_408_and_a_silent_connection_is_closed() -> None:
+    """uvicorn times out a connection only between requests: a head sent a byte at a
+    time, or a connection that sends nothing, held it for ever."""
+    s = ServerProcess(
+        "--header-timeout", "1", "--timeout-keep-alive", "1", name="http-limits-slow"
+    ).wait_ready()
+    try:
+        with socket.create_connection(("127.0.0.1", s.port)) as sock:
+            t0 = time.monotonic()
+            sock.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: t\r\n")
+            try:
+                for _ in range(50):  # a byte every 0.1 s: never a whole head
+                    sock.sendall(b"X")
+                    time.sleep(0.1)
+            except OSError:
+                pass
+            status, headers, body = read_response(sock)
+            assert (status, headers["connection"]) == (408, "close"), body
+            assert json.loads(body) == {"error": "request head not complete 1 s after it began"}
+            assert time.monotonic() - t0 < 4
+        with socket.create_connection(("127.0.0.1", s.port)) as sock:
+            sock.settimeout(10)
+            t0 = time.monotonic()
+            assert sock.recv(1) == b""  # closed by the server
+            assert time.monotonic() - t0 < 4
+        # Between the two, a request served as usual.
+        assert exchange(s.port, get())[0] == 200
+    finally:
+        assert s.stop() == 0, s.log()
+
+
 def test_limits_are_settings_and_flags(tmp_path: Path) -> None:
     s = ServerProcess(
         "--max-header-count", "10", "--max-url-bytes", "512", name="http-limits-flags"

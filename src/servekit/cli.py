@@ -289,6 +289,12 @@ def serve(
             "timeout of a load balancer in front [default: 75].",
         ),
     ] = None,
+    header_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds a request head may take from its first byte, 408 after [default: 30]."
+        ),
+    ] = None,
     max_header_bytes: Annotated[
         int | None,
         typer.Option(help="Request header section in bytes at most, 431 above [default: 65536]."),
@@ -333,6 +339,7 @@ def serve(
             exit_on_error=exit_on_error,
             drain_timeout_s=drain_timeout,
             timeout_keep_alive_s=timeout_keep_alive,
+            header_timeout_s=header_timeout,
             max_header_bytes=max_header_bytes,
             max_header_count=max_header_count,
             max_url_bytes=max_url_bytes,

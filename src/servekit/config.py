@@ -202,6 +202,12 @@ class ServerSettings(BaseSettings):
         description="Idle keep-alive connections close after this; keep it above the "
         "idle timeout of any load balancer in front (60 s on most).",
     )
+    header_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A request head (request line and headers) not complete this long "
+        "after its first byte gets 408 and the connection closes.",
+    )
     access_log: bool = Field(False, description="Log every HTTP request (uvicorn access log).")
     api_keys: list[SecretStr] = Field(
         default_factory=list,

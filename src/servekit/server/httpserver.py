@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -62,6 +63,8 @@ class HttpLimits:
     max_header_bytes: int = 64 * 1024
     max_header_count: int = 100
     drain_timeout_s: float = 30.0
+    header_timeout_s: float = 30.0
+    idle_timeout_s: float = 75.0  # a new connection that sends nothing
 
     @classmethod
     def from_settings(cls, settings: ServerSettings) -> HttpLimits:
@@ -70,6 +73,8 @@ class HttpLimits:
             max_header_bytes=settings.max_header_bytes,
             max_header_count=settings.max_header_count,
             drain_timeout_s=settings.drain_timeout_s,
+            header_timeout_s=settings.header_timeout_s,
+            idle_timeout_s=settings.timeout_keep_alive_s,
         )
 
     @property
@@ -85,6 +90,9 @@ class HttpLimits:
 
     def too_many_headers(self) -> str:
         return f"more than {self.max_header_count} request header fields"
+
+    def head_too_slow(self) -> str:
+        return f"request head not complete {self.header_timeout_s:g} s after it began"
 
 
 def head_refusal(scope: Scope, limits: HttpLimits) -> tuple[int, str] | None:
@@ -103,6 +111,7 @@ def refusal_bytes(status: int, message: str, extra: tuple[bytes, ...] = ()) -> b
     reasons = {
         414: b"URI Too Long",
         431: b"Request Header Fields Too Large",
+        408: b"Request Timeout",
         503: b"Service Unavailable",
     }
     body = json.dumps({"error": message}).encode()
@@ -179,10 +188,31 @@ class HttpToolsLimited(_Refusals, _HttpToolsBase or asyncio.Protocol):  # type: 
         self.header_count = 0
         self.pending = 0  # requests begun on this connection and not answered yet
         self.refuse_new = False  # shutdown began while idle: answer new requests 503
+        # uvicorn times a connection out only between requests: a new connection that
+        # sends nothing, or a head that trickles in, would hold it for ever.
+        self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport_ = cast(asyncio.Transport, transport)  # uvloop's: not a subclass
         super().connection_made(transport)
+        self._time(self.limits.idle_timeout_s, transport.close)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._time(None)
+        super().connection_lost(exc)
+
+    def _time(self, seconds: float | None, then: Callable[[], object] | None = None) -> None:
+        """(Re)arm the connection's one timer; ``None`` disarms it."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if seconds is not None and then is not None:
+            self.timer = asyncio.get_running_loop().call_later(seconds, then)
+
+    def _head_timed_out(self) -> None:
+        self.timer = None
+        if self.head_open and not self.refused:
+            self._refuse_head(408, self.limits.head_too_slow())
 
     def data_received(self, data: bytes) -> None:
         if self.refused:
@@ -215,6 +245,7 @@ class HttpToolsLimited(_Refusals, _HttpToolsBase or asyncio.Protocol):  # type: 
             scope["extensions"] = {**scope.get("extensions", {}), REFUSED: SHUTTING_DOWN}
         self.pending += 1
         self.head_open = True
+        self._time(self.limits.header_timeout_s, self._head_timed_out)
         self.head_raw = self.url_bytes = self.header_bytes = self.header_count = 0
 
     def on_url(self, url: bytes) -> None:
@@ -245,6 +276,7 @@ class HttpToolsLimited(_Refusals, _HttpToolsBase or asyncio.Protocol):  # type: 
 
     def on_headers_complete(self) -> None:
         self.head_open = False
+        self._time(None)
         super().on_headers_complete()
 
     # -- uvicorn's hooks ----------------------------------------------------------------
