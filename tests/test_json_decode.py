@@ -89,6 +89,7 @@ BODIES: dict[str, tuple[bytes, int]] = {  # body, arrays read straight into nump
     "rank-16": (orjson.dumps({"instances": np.zeros([1] * 15 + [5000]).tolist()}), 1),
     "rank-17-stays-a-list": (orjson.dumps({"x": np.zeros([1] * 16 + [5000]).tolist()}), 0),
     "small-body": (orjson.dumps({"instances": [[1.0] * 64]}), 0),
+    "a-bare-array-stays-a-list": (orjson.dumps(BIG), 0),
     "several-chunks-floats": (
         orjson.dumps(
             {"instances": RNG.random((2, 150, 150, 3))}, option=orjson.OPT_SERIALIZE_NUMPY
