@@ -336,10 +336,19 @@ def test_compare_writes_the_suggested_mode_as_the_next_version(
     assert f"{report['mode']} *" in run.stdout  # marked in the table
     written = (folder / "2" / "model.tflite").read_bytes()
     assert hashlib.sha256(written).hexdigest() == chosen["sha256"]
-    # Fastest per row among the modes that pass, or within 5% of it (the tie band).
+    # Fastest per row among the modes that pass, or within the timing noise of it: 5%,
+    # or the spread of either mode's rounds (the tie band).
     passing = [r for r in rows.values() if r["verification"]["top1_agreement"] >= 0.99]
-    fastest = min(r["latency"]["best_us_per_row"] for r in passing)
-    assert chosen["latency"]["best_us_per_row"] <= fastest * 1.05
+    fastest = min(passing, key=lambda r: r["latency"]["best_us_per_row"])
+
+    def width(r: dict[str, Any]) -> float:
+        lo, hi = r["latency"]["best_us_per_row_range"]
+        return float(hi - lo)
+
+    gain = chosen["latency"]["best_us_per_row"] - fastest["latency"]["best_us_per_row"]
+    assert gain <= max(0.05 * fastest["latency"]["best_us_per_row"], width(chosen), width(fastest))
+    assert chosen["latency"]["rounds"] == 7
+    assert "per row" in run.stdout and "±" in run.stdout  # the spread is shown
     # The server serves version 2 (latest) and it answers like the original.
     check_against_keras(ws, server, "dense_compare", "dense", report["mode"])
 
@@ -351,6 +360,11 @@ def test_random_calibration_warns_and_still_serves(ws: Workspace, server: Server
     report = _report(ws.repo / "dense_random_int8")
     assert report["calibration_data"].startswith("random")
     assert any("random" in w for w in report["warnings"])
+    # Loudly, after the result, with what it did: the largest difference it caused.
+    diff = report["result"]["verification"]["max_abs_diff"]
+    assert "WARNING" in run.stderr and "calibrated on RANDOM data" in run.stderr, run.explain()
+    loud = next(w for w in report["warnings"] if "RANDOM" in w)
+    assert f"by up to {diff:.3f}" in loud and "--representative-data" in loud
     inp, _ = _io(_latest(ws.repo / "dense_random_int8") / "model.tflite")
     x = np.load(ws.data("dense", "test"))["x"][:8]
     r = httpx.post(
@@ -446,9 +460,98 @@ def test_missing_tensorflow_names_the_extra(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     run = Run((), proc.returncode, proc.stdout, proc.stderr, 0.0)
     line = run.error_line()
-    assert "pip install 'servekit[optimize]'" in line
+    assert "scripts/install.sh optimize" in line and "pip install '.[optimize]'" in line
 
 
 def test_the_cli_does_not_import_tensorflow() -> None:
     code = "import sys, servekit.cli; assert 'tensorflow' not in sys.modules, 'imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# -- the suggestion and the table, on results as `--compare` records them ---------------
+
+
+def mode_result(
+    mode: str, size: int, per_row_us: tuple[float, float, float], max_diff: float = 0.01
+) -> Any:
+    """A verified mode whose best batch size (32) timed ``per_row_us`` per row: (its
+    lowest round, the median round, its highest round)."""
+    from servekit.optimize.common import Mode
+    from servekit.optimize.convert import Converted
+    from servekit.optimize.report import ModeResult
+    from servekit.optimize.verify import Fidelity, Latency
+
+    lo, mid, hi = (us * 32 / 1000 for us in per_row_us)  # ms per batch of 32
+    result = ModeResult(Mode(mode), converted=Converted(Mode(mode), b"x" * size, (), 1.0))
+    result.runtime = "ai-edge-litert 2.3.0"
+    result.fidelity = Fidelity(
+        360, "test.npz", (), max_diff, max_diff / 10, 0.01, "p", 1.0, 0.97, 0.97
+    )
+    result.latency = Latency({1: mid * 4, 32: mid}, 32, {1: (lo * 4, hi * 4), 32: (lo, hi)}, 7)
+    return result
+
+
+SIZES = {
+    "none": 1_200_000,
+    "dynamic": 320_000,
+    "float16": 600_000,
+    "int8": 330_000,
+    "int8-float-io": 331_000,
+}
+
+
+def test_a_mode_is_preferred_only_for_a_gain_beyond_the_timing_spread() -> None:
+    """The issue's three runs of one command: per-row times 0.19-0.37 µs that swap their
+    order from run to run. Each run now suggests the same mode (the smallest float-I/O
+    file: every mode is within the spread of the fastest)."""
+    from servekit.optimize.report import suggest
+
+    runs = [
+        {"none": (0.17, 0.19, 0.36), "dynamic": (0.18, 0.25, 0.37), "float16": (0.19, 0.27, 0.37),
+         "int8": (0.18, 0.30, 0.37), "int8-float-io": (0.18, 0.22, 0.36)},
+        {"none": (0.19, 0.33, 0.37), "dynamic": (0.18, 0.26, 0.36), "float16": (0.19, 0.28, 0.37),
+         "int8": (0.18, 0.24, 0.36), "int8-float-io": (0.17, 0.19, 0.35)},
+        {"none": (0.17, 0.20, 0.35), "dynamic": (0.19, 0.31, 0.37), "float16": (0.18, 0.37, 0.37),
+         "int8": (0.18, 0.27, 0.36), "int8-float-io": (0.19, 0.29, 0.37)},
+    ]  # fmt: skip
+    chosen = {
+        suggest([mode_result(m, SIZES[m], t) for m, t in run.items()], 0.99).mode.value  # type: ignore[union-attr]
+        for run in runs
+    }
+    assert chosen == {"dynamic"}
+    # A gain larger than the spread wins: int8-float-io 3.6x faster, spreads of 10%.
+    clear = {
+        "none": (6.2, 6.5, 6.9),
+        "dynamic": (2.0, 2.15, 2.3),
+        "int8-float-io": (1.7, 1.78, 1.9),
+    }
+    got = suggest([mode_result(m, SIZES[m], t) for m, t in clear.items()], 0.99)
+    assert got is not None and got.mode.value == "int8-float-io"
+    # The same gain inside a wide spread is a tie: the smaller file wins.
+    noisy = {"dynamic": (1.5, 2.15, 3.0), "int8-float-io": (1.2, 1.78, 2.6)}
+    got = suggest([mode_result(m, SIZES[m], t) for m, t in noisy.items()], 0.99)
+    assert got is not None and got.mode.value == "dynamic"
+
+
+def test_the_compare_table_keeps_mode_names_whole_at_80_columns() -> None:
+    from rich.console import Console
+
+    from servekit.optimize.report import compare_table
+
+    results = [
+        mode_result(m, SIZES[m], (1.7 + i / 10, 1.8 + i / 10, 1.9 + i / 10))
+        for i, m in enumerate(MODES)
+    ]
+    table = compare_table(
+        results, model_name="digits_mlp.keras", suggested=results[-1], min_agreement=0.99
+    )
+    console = Console(width=80, record=True, color_system=None)
+    console.print(table)
+    text = console.export_text()
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 80, text
+    # Every row starts with its whole mode name, never cut or wrapped ("int8-flo…").
+    rows = [line for line in lines if line.split(" ")[0] in MODES]
+    assert [line.split("  ")[0].strip() for line in rows] == [*MODES[:-1], "int8-float-io *"]
+    assert "…" not in text
+    assert "±" in text  # the spread column

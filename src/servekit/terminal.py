@@ -8,6 +8,7 @@ from typing import NoReturn
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.panel import Panel
 
 console = Console()
 err_console = Console(stderr=True)
@@ -20,6 +21,14 @@ def print_error(message: str) -> None:
 def fail(message: str) -> NoReturn:
     print_error(message)
     raise typer.Exit(2)
+
+
+def alarm(message: str) -> None:
+    """A warning that must not be missed: in a red frame on stderr."""
+    err_console.print(
+        Panel(escape(message), title="[bold red]WARNING[/]", border_style="bold red"),
+        highlight=False,
+    )
 
 
 def warn(message: str) -> None:

@@ -1,5 +1,5 @@
 """Keras / SavedModel → TFLite conversion, quantization and verification.
 
-TensorFlow is an optional extra (``pip install 'servekit[optimize]'``), imported only
+TensorFlow is an optional extra (``pip install '.[optimize]'`` in a checkout), imported only
 when a conversion runs.
 """

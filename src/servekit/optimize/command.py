@@ -31,6 +31,7 @@ from servekit.terminal import console, fail
 if TYPE_CHECKING:
     from servekit.optimize.report import ModeResult
     from servekit.optimize.source import SourceModel
+    from servekit.runtime import TFLiteModel
     from servekit.tensors import Array
 
 
@@ -70,16 +71,18 @@ def optimize(
             "--compare",
             help="Try every mode, print them side by side and write the suggested one: the "
             "fastest per row (at its best batch size) whose top-1 agreement reaches "
-            "--min-agreement. Modes within 5% of it tie; float input/output, then the "
-            "smaller file, wins.",
+            "--min-agreement. The modes are timed taking turns, in rounds; modes within the "
+            "rounds' spread (or 5%) of it tie: float input/output, then the smaller file, "
+            "wins.",
         ),
     ] = False,
     representative_data: Annotated[
         Path | None,
         typer.Option(
             help="Calibration rows for int8 modes: a .npy file, an .npz file (arrays named "
-            "after the inputs, or 'x'; optional 'y' labels) or a folder of them. Without "
-            "it, int8 modes fall back to random data (with a warning).",
+            "after the inputs, or 'x'; optional 'y' labels) or a folder of them; a few "
+            "hundred rows of training data. Without it, int8 modes are calibrated on random "
+            "data, which can change their answers a lot (with a warning).",
         ),
     ] = None,
     validation_data: Annotated[
@@ -109,7 +112,11 @@ def optimize(
     ] = False,
     bench_time: Annotated[
         float,
-        typer.Option(min=0.01, max=60.0, help="Seconds to time each batch size for latency."),
+        typer.Option(
+            min=0.01,
+            max=60.0,
+            help="Seconds to time each mode at each batch size for latency (in rounds).",
+        ),
     ] = 0.5,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Show TensorFlow's own log output.")
@@ -119,7 +126,8 @@ def optimize(
 
     Each mode's model is loaded with servekit's runtime, compared with the original on
     the same rows (max/mean difference, top-1 agreement, accuracy with labels) and timed
-    at batch sizes 1, 8 and 32. Needs TensorFlow: pip install 'servekit[optimize]'.
+    at batch sizes 1, 8 and 32, the modes taking turns. Needs TensorFlow:
+    scripts/install.sh optimize, or pip install '.[optimize]' in servekit's checkout.
 
     Examples:
 
@@ -182,18 +190,18 @@ class _Work:
 STEPS_PER_MODE = 3  # convert, load and compare, time
 
 
-def _evaluate(work: _Work, mode: Mode) -> ModeResult:
-    """Convert, load with servekit's runtime, compare and time one mode.
+def _evaluate(work: _Work, mode: Mode) -> tuple[ModeResult, TFLiteModel | None]:
+    """Convert, load with servekit's runtime and compare one mode; the loaded model to
+    time (None if it did not load).
 
     Without --compare a failure is an error; with it, it is recorded in the mode's row.
     """
     from servekit.optimize.convert import convert
-    from servekit.optimize.report import ModeResult, fmt_ms, fmt_size
+    from servekit.optimize.report import ModeResult, fmt_size
     from servekit.optimize.verify import (
         batch_is_dynamic,
         compare_outputs,
         load_for_serving,
-        measure_latency,
         run_tflite,
         runtime_label,
     )
@@ -215,7 +223,7 @@ def _evaluate(work: _Work, mode: Mode) -> ModeResult:
             raise
         result.error = str(e)
         work.done(f"{name}: [red]conversion failed[/]: {escape(str(e))}", STEPS_PER_MODE)
-        return result
+        return result, None
     work.done()
 
     work.step(f"{name}: loading with servekit's runtime and comparing")
@@ -232,7 +240,7 @@ def _evaluate(work: _Work, mode: Mode) -> ModeResult:
                 f"serve` here will list this version as UNAVAILABLE (server not ready)"
             )
             work.done(f"{name}: {fmt_size(result.size_bytes)}, [yellow]not verified[/]", 2)
-            return result
+            return result, None
         message = (
             f"the converted model (mode {name}) does not load in {runtime}: {e}; TensorFlow "
             f"{work.tf.__version__}'s converter may emit op versions newer than the runtime "
@@ -242,7 +250,7 @@ def _evaluate(work: _Work, mode: Mode) -> ModeResult:
             raise OptimizeError(message) from None
         result.error = message
         work.done(f"{name}: [red]does not load[/]", 2)
-        return result
+        return result, None
     if flex:
         result.warnings.append(
             f"{name}: the model keeps TensorFlow (Flex) ops {flex}; {runtime} loads it here, "
@@ -261,16 +269,30 @@ def _evaluate(work: _Work, mode: Mode) -> ModeResult:
     got = run_tflite(model, work.validation.inputs)
     result.fidelity = compare_outputs(work.reference, got, work.validation)
     work.done()
+    return result, model
 
-    work.step(f"{name}: measuring latency")
-    result.latency = measure_latency(model, work.validation, budget_s=work.bench_time)
-    agree = result.fidelity.agreement
-    work.done(
-        f"{name}: {fmt_size(result.size_bytes)}, "
-        + (f"top-1 agreement {agree:.4f}, " if agree is not None else "")
-        + f"batch 1 {fmt_ms(result.latency.batch1_ms)}, loaded by {escape(runtime)}"
-    )
-    return result
+
+def _time(work: _Work, evaluated: list[tuple[ModeResult, TFLiteModel | None]]) -> None:
+    """Time every loaded mode, the modes taking turns (see ``measure_latencies``)."""
+    from servekit.optimize.report import fmt_ms, fmt_size, fmt_spread, fmt_us
+    from servekit.optimize.verify import measure_latencies
+
+    timed = [(r, m) for r, m in evaluated if m is not None]
+    if not timed:
+        return
+    names = ", ".join(r.mode.value for r, _ in timed)
+    work.step(escape(f"measuring latency ({names})"))
+    latencies = measure_latencies([m for _, m in timed], work.validation, budget_s=work.bench_time)
+    for (result, _), latency in zip(timed, latencies, strict=True):
+        result.latency = latency
+        agree = result.fidelity.agreement if result.fidelity is not None else None
+        work.done(
+            f"{result.mode.value}: {fmt_size(result.size_bytes)}, "
+            + (f"top-1 agreement {agree:.4f}, " if agree is not None else "")
+            + f"batch 1 {fmt_ms(latency.batch1_ms)}, "
+            + f"per row {fmt_us(latency.best_row_us)} {fmt_spread(latency)} "
+            + f"(batch {latency.best_batch}), loaded by {escape(result.runtime or '')}"
+        )
 
 
 def _run(
@@ -376,12 +398,16 @@ def _run(
             progress=progress,
             task=task,
         )
-        results = [_evaluate(work, m) for m in modes]
+        evaluated = [_evaluate(work, m) for m in modes]
+        _time(work, evaluated)
+        results = [r for r, _ in evaluated]
 
     for r in results:
         for w in r.warnings:
             warn(w)
     chosen = _choose(results, model_name=model.name, compare=compare, min_agreement=min_agreement)
+    if rep is None and calibration is not None:
+        _random_calibration(results, notes)
     if chosen.fidelity is not None and not chosen.fidelity.passes(min_agreement):
         fid = chosen.fidelity
         what = (
@@ -402,6 +428,26 @@ def _run(
         notes=notes,
     )
     _publish(folder, chosen, report)
+
+
+def _random_calibration(results: list[ModeResult], notes: list[str]) -> None:
+    """After the table, where it is read: what random calibration did to the int8 modes."""
+    hurt = [r for r in results if r.mode.needs_calibration and r.fidelity is not None]
+    if not hurt:
+        return
+    worst = max(hurt, key=lambda r: r.fidelity.max_abs_diff if r.fidelity else 0.0)
+    assert worst.fidelity is not None
+    modes = " and ".join(r.mode.value for r in hurt)
+    message = (
+        f"{modes} {'was' if len(hurt) == 1 else 'were'} calibrated on RANDOM data (no "
+        f"--representative-data): {worst.mode.value}'s outputs differ from the original "
+        f"model's by up to {worst.fidelity.max_abs_diff:.3f} on "
+        f"{worst.fidelity.samples} verification rows. Quantization ranges come from the "
+        f"calibration rows: pass a few hundred real input rows, e.g. "
+        f"--representative-data train.npz (an .npz with 'x' or one array per input)."
+    )
+    notes.append(message)
+    terminal.alarm(message)
 
 
 def _choose(

@@ -16,7 +16,8 @@ import numpy as np
 from servekit.errors import ServekitError
 from servekit.tensors import Array
 
-EXTRA_HINT = "pip install 'servekit[optimize]'"
+# servekit is on no package index: the extra installs from a checkout of its repository.
+EXTRA_HINT = "scripts/install.sh optimize (or pip install '.[optimize]') in servekit's checkout"
 
 
 class OptimizeError(ServekitError):

@@ -6,7 +6,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from rich.console import JustifyMethod
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
@@ -15,8 +15,8 @@ from servekit.optimize.convert import Converted
 from servekit.optimize.verify import Fidelity, Latency
 from servekit.tensors import TensorSpec
 
-# Modes this close to the fastest (relative time per row) count as equally fast; the
-# smaller file wins among them. Timing noise on small models is about this large.
+# Modes this close to the fastest (relative time per row) count as equally fast even
+# when the measured spread is smaller; the smaller file wins among them.
 SPEED_TIE = 0.05
 
 
@@ -47,9 +47,12 @@ class ModeResult:
 def suggest(results: list[ModeResult], min_agreement: float) -> ModeResult | None:
     """The fastest verified mode (time per row at its best batch size) that passes the bar.
 
-    Modes within SPEED_TIE of the fastest are a tie, won by a mode that keeps the original
-    float inputs and outputs (clients of an int8-I/O model must quantize), then by the
-    smallest file.
+    A mode is faster than another only by more than the timing noise: the larger of the
+    two modes' spreads (their highest round minus their lowest) and SPEED_TIE of the
+    fastest time. Modes within it of the fastest are a tie, won by a mode that keeps the
+    original float inputs and outputs (clients of an int8-I/O model must quantize), then
+    by the smallest file. (On a small model every mode may time within the noise: the
+    smallest float-I/O file is then suggested every time, not whichever ran fastest.)
     """
     ok = [
         r
@@ -63,8 +66,17 @@ def suggest(results: list[ModeResult], min_agreement: float) -> ModeResult | Non
         assert r.latency is not None
         return r.latency.best_row_us
 
-    fastest = min(speed(r) for r in ok)
-    tied = [r for r in ok if speed(r) <= fastest * (1 + SPEED_TIE)]
+    def width(r: ModeResult) -> float:
+        assert r.latency is not None
+        lo, hi = r.latency.best_row_range_us
+        return hi - lo
+
+    best = min(ok, key=speed)
+    tied = [
+        r
+        for r in ok
+        if speed(r) - speed(best) <= max(SPEED_TIE * speed(best), width(r), width(best))
+    ]
     return min(tied, key=lambda r: (r.mode is Mode.INT8, r.size_bytes or 0, speed(r)))
 
 
@@ -116,11 +128,18 @@ def _ops_text(converted: Converted | None) -> str:
     return ", ".join(o.describe() for o in converted.ops)
 
 
+def fmt_spread(lat: Latency) -> str:
+    half = 50 * lat.spread  # percent of the median
+    return f"±{half:.1f}%" if half < 9.95 else f"±{half:.0f}%"
+
+
 def _latency_text(lat: Latency) -> tuple[str, str]:
     best = lat.best_batch
+    lo, hi = lat.best_row_range_us
     return (
         fmt_ms(lat.batch1_ms),
-        f"{best}: {fmt_ms(lat.per_batch_ms[best])} per batch, {fmt_us(lat.best_row_us)} per row",
+        f"{best}: {fmt_ms(lat.per_batch_ms[best])} per batch, {fmt_us(lat.best_row_us)} per row "
+        f"({fmt_us(lo)} to {fmt_us(hi)} over {lat.rounds} rounds)",
     )
 
 
@@ -159,7 +178,7 @@ def mode_table(result: ModeResult, *, model_name: str) -> Table:
             )
     if result.latency is not None:
         batch1, best = _latency_text(result.latency)
-        table.add_row("latency, batch 1", f"{batch1} (median)")
+        table.add_row("latency, batch 1", f"{batch1} (median of {result.latency.rounds} rounds)")
         table.add_row("best batch", best)
     return table
 
@@ -171,26 +190,23 @@ def compare_table(
     suggested: ModeResult | None,
     min_agreement: float,
 ) -> Table:
-    """All modes side by side; the suggested one is marked with '*'."""
+    """All modes side by side; the suggested one is marked with '*'.
+
+    It fits an 80-column terminal whole: no vertical rules, short headers (the caption
+    says more), short cells, and the mode names never wrap or shrink.
+    """
     verified = [r for r in results if r.fidelity is not None]
     fid0 = verified[0].fidelity if verified else None
     runtime = next((r.runtime for r in results if r.runtime), "no runtime")
     title = f"{model_name}: all modes, {runtime}"
     if fid0 is not None:
         title += f", {fid0.samples} samples"
-    table = Table(title=escape(title))
-    columns: tuple[tuple[str, JustifyMethod], ...] = (
-        ("mode", "left"),
-        ("size", "right"),
-        ("batch 1", "right"),
-        ("best batch: per row", "right"),
-        ("max |diff|", "right"),
-        ("top-1 agree", "right"),
-        ("accuracy", "right"),
-    )
-    for col, justify in columns:
-        table.add_column(col, justify=justify)
-    base = next((r.size_bytes for r in results if r.mode is Mode.NONE and r.size_bytes), None)
+    table = Table(title=escape(title), box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
+    names = max(len(f"{r.mode.value} *") for r in results)
+    table.add_column("mode", justify="left", no_wrap=True, min_width=names)
+    for col in ("size", "batch 1", "per row", "max diff", "top-1", "accuracy"):
+        # A cell too wide for the terminal folds onto a second line, never "…".
+        table.add_column(col, justify="right", overflow="fold")
     for r in results:
         mark = " *" if r is suggested else ""
         if not r.verified:
@@ -201,9 +217,6 @@ def compare_table(
             )
             continue
         assert r.fidelity is not None and r.latency is not None
-        size = fmt_size(r.size_bytes)
-        if base and r.size_bytes:
-            size += f" ({100 * r.size_bytes / base:.0f}%)"
         agree = (
             fmt_share(r.fidelity.agreement)
             if r.fidelity.agreement is not None
@@ -211,22 +224,38 @@ def compare_table(
         )
         table.add_row(
             f"{r.mode.value}{mark}",
-            size,
+            fmt_size(r.size_bytes),
             fmt_ms(r.latency.batch1_ms),
-            f"{r.latency.best_batch}: {fmt_us(r.latency.best_row_us)}",
+            f"{fmt_us(r.latency.best_row_us)} {fmt_spread(r.latency)}",
             fmt_diff(r.fidelity.max_abs_diff),
             agree,
             fmt_share(r.fidelity.accuracy_tflite),
             style="bold" if r is suggested else None,
         )
     notes = []
+    timed = [r.latency for r in results if r.latency is not None]
+    if timed:
+        batches = sorted({lat.best_batch for lat in timed})
+        best = (
+            f"at batch {batches[0]}, the best size of every mode"
+            if len(batches) == 1
+            else "at each mode's best batch size (report.json)"
+        )
+        notes.append(
+            f"per row: {best},\n± half the range of the middle {timed[0].rounds - 2} of "
+            f"{timed[0].rounds} rounds, timed in turns"
+        )
+    notes.append(
+        "max diff: largest |difference| from the original's outputs;\n"
+        "top-1: share of rows where the original's top class is kept"
+    )
     if fid0 is not None and fid0.accuracy_original is not None:
         notes.append(f"original model accuracy {fmt_share(fid0.accuracy_original)}")
     if suggested is not None:
         notes.append(
             f"* suggested: {suggested.mode.value}, the fastest per row with top-1 agreement "
-            f">= {min_agreement:g}\n(within {SPEED_TIE:.0%} of it: float input/output first, "
-            f"then the smallest file)"
+            f">= {min_agreement:g}\n(modes within the timing spread of it, or {SPEED_TIE:.0%}, "
+            f"tie: float input/output first, then the smallest file)"
         )
     else:
         notes.append(f"no mode reaches top-1 agreement >= {min_agreement:g}")
@@ -284,6 +313,9 @@ def result_json(r: ModeResult) -> dict[str, Any]:
             "batch1_ms": r.latency.batch1_ms,
             "best_batch_size": r.latency.best_batch,
             "best_us_per_row": r.latency.best_row_us,
+            "best_us_per_row_range": list(r.latency.best_row_range_us),
+            "spread": r.latency.spread,
+            "rounds": r.latency.rounds,
         }
     if r.error is not None:
         out["error"] = r.error

@@ -167,10 +167,14 @@ def compare_outputs(
 
 @dataclass(frozen=True, slots=True)
 class Latency:
-    """Median time of one invoke through TFLiteModel.run, per batch size."""
+    """Time of one invoke through TFLiteModel.run, per batch size: the median of
+    ``rounds`` round medians, and their range without the lowest and the highest round
+    (the spread: one round that met a burst of load does not widen it alone)."""
 
     per_batch_ms: dict[int, float]
     best_batch: int  # the batch size with the lowest time per row
+    range_ms: dict[int, tuple[float, float]]  # 2nd lowest and 2nd highest round median
+    rounds: int
 
     @property
     def batch1_ms(self) -> float:
@@ -180,30 +184,86 @@ class Latency:
     def best_row_us(self) -> float:
         return self.per_batch_ms[self.best_batch] * 1000.0 / self.best_batch
 
+    @property
+    def best_row_range_us(self) -> tuple[float, float]:
+        lo, hi = self.range_ms[self.best_batch]
+        return lo * 1000.0 / self.best_batch, hi * 1000.0 / self.best_batch
+
+    @property
+    def spread(self) -> float:
+        """The range of the best batch size's rounds / their median: the timing noise."""
+        lo, hi = self.range_ms[self.best_batch]
+        return (hi - lo) / self.per_batch_ms[self.best_batch]
+
+
+# Each model is timed in this many rounds, the models taking turns, so that a spell of
+# load on a shared machine falls on every model and shows as spread, not as a difference.
+LATENCY_ROUNDS = 7
+
 
 def measure_latency(model: TFLiteModel, samples: Samples, *, budget_s: float) -> Latency:
     """Time ``run()`` at a few batch sizes, about ``budget_s`` seconds each."""
-    if model.batchable:
-        sizes = [b for b in LATENCY_BATCH_SIZES if b <= model.buckets[-1]] or [1]
-    else:
-        sizes = [model.chunk]
-    feed = model_feed(model, samples.inputs)
-    per_batch: dict[int, float] = {}
-    for size in sizes:
-        reps = -(-size // samples.rows)
-        batch = {
-            k: np.ascontiguousarray(np.concatenate([v] * reps)[:size]) for k, v in feed.items()
-        }
-        for _ in range(2):  # warm caches (the bucket is already allocated)
-            model.run(batch)
-        times: list[float] = []
-        deadline = time.perf_counter() + budget_s
-        while len(times) < MIN_TIMED_RUNS or (
-            time.perf_counter() < deadline and len(times) < MAX_TIMED_RUNS
-        ):
-            start = time.perf_counter()
-            model.run(batch)
-            times.append(time.perf_counter() - start)
-        per_batch[size] = statistics.median(times) * 1000.0
-    best = min(per_batch, key=lambda b: per_batch[b] / b)
-    return Latency(per_batch, best)
+    return measure_latencies([model], samples, budget_s=budget_s)[0]
+
+
+def measure_latencies(
+    models: list[TFLiteModel], samples: Samples, *, budget_s: float
+) -> list[Latency]:
+    """Time each model's ``run()`` at a few batch sizes, about ``budget_s`` seconds per
+    model and batch size, in ``LATENCY_ROUNDS`` rounds where the models take turns."""
+    plans: list[dict[int, dict[str, Array]]] = []
+    for model in models:
+        if model.batchable:
+            sizes = [b for b in LATENCY_BATCH_SIZES if b <= model.buckets[-1]] or [1]
+        else:
+            sizes = [model.chunk]
+        feed = model_feed(model, samples.inputs)
+        plan = {}
+        for size in sizes:
+            reps = -(-size // samples.rows)
+            plan[size] = {
+                k: np.ascontiguousarray(np.concatenate([v] * reps)[:size]) for k, v in feed.items()
+            }
+            for _ in range(2):  # warm caches (the bucket is already allocated)
+                model.run(plan[size])
+        plans.append(plan)
+    rounds: list[dict[int, list[float]]] = [{size: [] for size in plan} for plan in plans]
+    per_round = budget_s / LATENCY_ROUNDS
+    for r in range(LATENCY_ROUNDS):
+        for i in _rotated(range(len(models)), r):
+            for size, batch in plans[i].items():
+                rounds[i][size].append(_median_run(models[i], batch, per_round) * 1000.0)
+    out = []
+    for medians in rounds:
+        per_batch = {size: statistics.median(ms) for size, ms in medians.items()}
+        best = min(per_batch, key=lambda b: per_batch[b] / b)
+        ranges = {size: _trimmed_range(ms) for size, ms in medians.items()}
+        out.append(Latency(per_batch, best, ranges, LATENCY_ROUNDS))
+    return out
+
+
+def _trimmed_range(values: list[float]) -> tuple[float, float]:
+    """Lowest and highest of ``values`` without the extreme two (with 5 or more)."""
+    ordered = sorted(values)
+    if len(ordered) >= 5:
+        ordered = ordered[1:-1]
+    return ordered[0], ordered[-1]
+
+
+def _rotated(items: range, by: int) -> list[int]:
+    """``items`` starting at position ``by``: each model goes first in some round."""
+    k = by % max(len(items), 1)
+    return [*items[k:], *items[:k]]
+
+
+def _median_run(model: TFLiteModel, batch: Mapping[str, Array], budget_s: float) -> float:
+    """Median seconds of ``model.run(batch)`` over about ``budget_s`` seconds."""
+    times: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    while len(times) < MIN_TIMED_RUNS or (
+        time.perf_counter() < deadline and len(times) < MAX_TIMED_RUNS
+    ):
+        start = time.perf_counter()
+        model.run(batch)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
