@@ -587,6 +587,181 @@ CASES += [
     ("encoding-stacked", "POST", INFER, (b"\x00", {"Content-Encoding": "gzip, gzip"}), (400,)),
 ]
 
+MULTI_INFER = "/v2/models/multi/infer"
+
+# The protocols' own parameters and extensions, misused.
+CASES += [
+    (
+        "v2-sequence-id",
+        "POST",
+        INFER,
+        v2_header([pixels(ROW)], parameters={"sequence_id": 7}),
+        (400,),
+    ),
+    (
+        "v2-binary-output-not-bool",
+        "POST",
+        INFER,
+        v2_header([pixels(ROW)], parameters={"binary_data_output": "yes"}),
+        (400,),
+    ),
+    (
+        "v2-priority-negative",
+        "POST",
+        INFER,
+        v2_header([pixels(ROW)], parameters={"priority": -1}),
+        (400,),
+    ),
+    (
+        "v2-timeout-float",
+        "POST",
+        INFER,
+        v2_header([pixels(ROW)], parameters={"timeout": 1.5}),
+        (400,),
+    ),
+    (
+        "v2-input-shared-memory",
+        "POST",
+        INFER,
+        v2_header([pixels(ROW, parameters={"shared_memory_region": "x"})]),
+        (400,),
+    ),
+    (
+        "v2-output-classification",
+        "POST",
+        INFER,
+        v2_header(
+            [pixels(ROW)], outputs=[{"name": "probabilities", "parameters": {"classification": 3}}]
+        ),
+        (400,),
+    ),
+    (
+        "v2-output-twice",
+        "POST",
+        INFER,
+        v2_header([pixels(ROW)], outputs=[{"name": "probabilities"}, {"name": "probabilities"}]),
+        (400,),
+    ),
+    ("v2-input-twice", "POST", INFER, v2_header([pixels(ROW), pixels(ROW)]), (400,)),
+    (
+        "v2-input-missing",
+        "POST",
+        MULTI_INFER,
+        v2_header([pixels(ROW) | {"name": "features"}]),
+        (400,),
+    ),
+    ("v2-no-inputs", "POST", INFER, {"id": "x"}, (400,)),
+    (
+        "v2-raw-body-multi-input",
+        "POST",
+        MULTI_INFER,
+        (b"\x00" * 256, {"Content-Type": "application/octet-stream"}),
+        (400,),
+    ),
+    (
+        "v2-binary-bool-not-0-or-1",
+        "POST",
+        INFER,
+        bin_header(v2_header([bin_spec([1, 64], 64, "BOOL")]), b"\x02" * 64),
+        (400,),
+    ),
+    (
+        "v2-binary-fp16-for-fp32",
+        "POST",
+        INFER,
+        bin_header(v2_header([bin_spec([1, 64], 128, "FP16")]), b"\x00" * 128),
+        (400,),
+    ),
+    (
+        "v2-binary-two-inputs-past-end",
+        "POST",
+        MULTI_INFER,
+        bin_header(
+            v2_header(
+                [
+                    bin_spec([1, 10], 40, "INT32") | {"name": "bias"},
+                    bin_spec([1, 64], 256) | {"name": "features"},
+                ]
+            ),
+            b"\x00" * 100,
+        ),
+        (400,),
+    ),
+    (
+        "v2-data-fraction-for-int32",
+        "POST",
+        MULTI_INFER,
+        v2_header(
+            [
+                {"name": "bias", "shape": [1, 10], "datatype": "INT32", "data": [0.5] * 10},
+                {"name": "features", "shape": [1, 64], "datatype": "FP32", "data": ROW},
+            ]
+        ),
+        (400,),
+    ),
+    (
+        "v2-data-past-int32",
+        "POST",
+        MULTI_INFER,
+        v2_header(
+            [
+                {"name": "bias", "shape": [1, 10], "datatype": "INT32", "data": [2**40] * 10},
+                {"name": "features", "shape": [1, 64], "datatype": "FP32", "data": ROW},
+            ]
+        ),
+        (400,),
+    ),
+    (
+        "v2-rows-disagree",
+        "POST",
+        MULTI_INFER,
+        v2_header(
+            [
+                {"name": "bias", "shape": [2, 10], "datatype": "INT32", "data": [0] * 20},
+                {"name": "features", "shape": [1, 64], "datatype": "FP32", "data": ROW},
+            ]
+        ),
+        (400,),
+    ),
+    # TF Serving REST's own.
+    (
+        "v1-both-instances-and-inputs",
+        "POST",
+        PREDICT,
+        {"instances": [ROW], "inputs": [ROW]},
+        (400,),
+    ),
+    ("v1-unknown-field", "POST", PREDICT, {"instances": [ROW], "extra": 1}, (400,)),
+    ("v1-unknown-signature", "POST", PREDICT, {"instances": [ROW], "signature_name": "x"}, (400,)),
+    ("v1-empty-instances", "POST", PREDICT, {"instances": []}, (400,)),
+    (
+        "v1-rows-with-different-inputs",
+        "POST",
+        "/v1/models/multi:predict",
+        {"instances": [{"bias": [0] * 10, "features": ROW}, {"bias": [0] * 10}]},
+        (400,),
+    ),
+    (
+        "v1-nan-for-finite-model",
+        "POST",
+        PREDICT,
+        b'{"instances": [[NaN' + b", 0" * 63 + b"]]}",
+        (400,),
+    ),
+    ("v1-infinity-word-in-string", "POST", PREDICT, b'{"instances": "Infinity"}', (400,)),
+    ("v1-classify", "POST", "/v1/models/digits:classify", {"examples": []}, (501,)),
+    ("v1-label", "POST", "/v1/models/digits/labels/stable:predict", {"instances": [ROW]}, (400,)),
+    ("v1-large-ragged-rows", "POST", PREDICT, {"instances": [ROW * 40, ROW * 39]}, (400,)),
+    ("v1-large-strings", "POST", PREDICT, {"instances": [["1.0"] * 3000]}, (400,)),
+    (
+        "v2-large-data-wrong-count",
+        "POST",
+        INFER,
+        v2_header([pixels(ROW * 100, shape=[99, 64])]),
+        (400,),
+    ),
+]
+
 
 @pytest.mark.parametrize(
     ("method", "path", "body", "statuses"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
@@ -652,7 +827,7 @@ def _length(data: bytes) -> int:
 
 
 def test_catalogue_is_at_least_30() -> None:
-    assert len(CASES) >= 130
+    assert len(CASES) >= 160
     assert len({c[0] for c in CASES}) == len(CASES)
 
 
