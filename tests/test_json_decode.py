@@ -169,3 +169,44 @@ def test_no_python_object_per_number() -> None:
     lists = loads_strict(body)
     assert sys.getallocatedblocks() - before > 150_000  # what it replaces
     del lists
+
+
+@pytest.mark.parametrize(
+    "text",
+    [b"[[]3]", b"[[]6.1\t]", b"[53[,]964]", b"[[ 3,]93]", b"[1 2]", b"[[1],[]]", b"[[]]", b"[1,]"],
+)
+def test_numeric_array_refuses_what_is_not_json(text: bytes) -> None:
+    assert strictjson.numeric_array(text) is None
+
+
+@pytest.mark.parametrize("chunk", [3, 7, 1 << 20])
+def test_numeric_array_agrees_with_orjson_on_random_text(
+    chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Random strings of the characters numeric arrays are made of, and random nested
+    lists, with tiny chunks so that every step meets chunk boundaries: an array comes
+    back only for valid JSON, and then exactly as numpy reads orjson's lists."""
+    import random
+
+    monkeypatch.setattr(strictjson, "CHUNK", chunk)
+    rng = random.Random(chunk)
+    texts = []
+    for _ in range(4000):
+        text = bytes(rng.choice(b"[],0123456789eE+-. \t") for _ in range(rng.randint(1, 40)))
+        texts.append(b"[" + text + b"]" if rng.random() < 0.5 else text)
+    for _ in range(1500):
+        rows, cols = rng.randint(1, 4), rng.randint(1, 5)
+        value = [
+            [rng.choice([rng.randint(-999, 999), rng.uniform(-1e9, 1e9)]) for _ in range(cols)]
+            for _ in range(rows)
+        ]
+        if rng.random() < 0.3:
+            value[-1] = value[-1][:-1]  # ragged
+        texts.append(orjson.dumps(value).replace(b",", b" , "))
+    for text in texts:
+        got = strictjson.numeric_array(text)
+        if got is None:
+            continue
+        want = np.asarray(orjson.loads(text))  # raises if the text was not JSON
+        assert got.dtype == want.dtype and got.shape == want.shape, text
+        assert np.array_equal(got, want), text

@@ -115,8 +115,8 @@ TENSOR_MIN_ARRAY = 4 * 1024
 _IN_ARRAY = bytes(
     ord("x") if chr(c) in "[]0123456789eE+-., \t\r\n" else ord("o") for c in range(256)
 )
-_NUMBER_CHARS = b"0123456789eE+-. \t\r\n"
 _BRACKETS_TO_SPACES = bytes.maketrans(b"[]", b"  ")
+_NUMBER_TO_N = bytes.maketrans(b"0123456789eE+-.", b"n" * 15)
 # The most bytes one step of numeric_array reads while holding the GIL (about 1 ms).
 CHUNK = 1 << 20
 # What stands in for a cut-out array while orjson parses the rest: a string no body can
@@ -162,6 +162,22 @@ def _chunks(data: bytes, start: int, end: int) -> Iterator[bytes]:
         yield data[i : min(i + CHUNK, end)]
 
 
+def _checked_skeleton(raw: bytes, start: int, end: int) -> bytes | None:
+    """The brackets and commas of ``raw[start:end]``, or None if a number touches a
+    bracket from the wrong side ('3[' or ']3'): the flat parse, which sees brackets as
+    spaces, cannot tell."""
+    pieces: list[bytes] = []
+    last = b""
+    for chunk in _chunks(raw, start, end):
+        tokens = chunk.translate(_NUMBER_TO_N, b" \t\r\n")  # each number a run of 'n'
+        pair = last + tokens[:1]
+        if b"n[" in tokens or b"]n" in tokens or pair in (b"n[", b"]n"):
+            return None
+        last = tokens[-1:] or last
+        pieces.append(tokens.translate(None, b"n"))
+    return b"".join(pieces)
+
+
 def numeric_array(raw: bytes, start: int = 0, end: int | None = None) -> Any:
     """``raw[start:end]``, a JSON array of numbers (nested, rectangular), as a float64
     array (int64 when no number has a fraction or exponent, as numpy reads the same
@@ -178,8 +194,8 @@ def numeric_array(raw: bytes, start: int = 0, end: int | None = None) -> Any:
     end = len(raw) if end is None else end
     if _simdjson is None:
         return None
-    skeleton = b"".join(c.translate(None, _NUMBER_CHARS) for c in _chunks(raw, start, end))
-    shape = _shape_of(skeleton)
+    skeleton = _checked_skeleton(raw, start, end)
+    shape = None if skeleton is None else _shape_of(skeleton)
     if shape is None or skeleton != _skeleton(shape):
         return None
     count = math.prod(shape)
