@@ -111,10 +111,8 @@ def test_the_sdist_and_the_wheel_hold_every_file_of_the_package(dist: Path) -> N
 def venv(dist: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A fresh venv with the wheel and the dependencies uv.lock pins, nothing else."""
     tmp = tmp_path_factory.mktemp("venv")
-    requirements = tmp / "requirements.txt"
-    requirements.write_text(
-        uv("export", "--frozen", "--no-dev", "--no-emit-project", "--quiet", cwd=ROOT)
-    )
+    requirements = tmp / "requirements.txt"  # as the README says
+    uv("export", "--frozen", "--no-emit-project", "--quiet", "-o", str(requirements), cwd=ROOT)
     env = tmp / "venv"
     python = ROOT / ".venv" / "bin" / "python"
     uv("venv", "--quiet", "--python", str(python), str(env), cwd=tmp)
