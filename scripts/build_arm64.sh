@@ -47,7 +47,12 @@ args=(--network host --file deploy/docker/Dockerfile --build-arg "BASE_IMAGE=$BA
 
 # The classic builder: it takes the platform of a local base image as it is (BuildKit
 # would look for the host's platform of it in a registry).
+before=$("$DOCKER" image inspect --format '{{.Id}}' "$TAG" 2>/dev/null || true)
 DOCKER_BUILDKIT=0 "$DOCKER" build "${args[@]}" --tag "$TAG" .
+after=$("$DOCKER" image inspect --format '{{.Id}}' "$TAG")
+if [ -n "$before" ] && [ "$before" != "$after" ]; then
+  "$DOCKER" rmi "$before" >/dev/null 2>&1 || true # the previous build, now untagged
+fi
 
 platform=$("$DOCKER" image inspect --format '{{.Os}}/{{.Architecture}}' "$TAG")
 if [ "$platform" != "linux/$ARCH" ]; then

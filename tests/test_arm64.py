@@ -40,11 +40,13 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import DEMO, REPO, ROOT, ServerProcess, digits_rows
+import servekit
+from conftest import DEMO, REPO, ROOT, ServerProcess, digits_rows, free_port
 from test_deploy import (
     ONNX_DIGITS,
     Container,
     Docker,
+    apt_install,
     assert_drained_exit,
     onnx_reference,
     reference,
@@ -394,3 +396,66 @@ def v2_json(name: str, x: np.ndarray) -> dict[str, object]:
             {"name": name, "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}
         ]
     }
+
+
+@pytest.fixture()
+def local_registry(tmp_path: Path) -> Iterator[str]:
+    """Debian's docker-registry (the distribution registry) on a free port of 127.0.0.1,
+    storing in tmp_path: host:port."""
+    if not shutil.which("docker-registry"):
+        apt_install("docker-registry")
+    port = free_port()
+    config = tmp_path / "registry.yml"
+    config.write_text(
+        "version: 0.1\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {tmp_path / 'registry'}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+    )
+    with (tmp_path / "registry.log").open("wb") as log:
+        registry = subprocess.Popen(
+            ["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "registry.log").read_text()
+            time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        registry.terminate()
+        registry.wait(30)
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(3600)
+@pytest.mark.skipif(not FULL, reason="the arm64 image: make test-arm64")
+def test_one_name_holds_the_amd64_and_the_arm64_image(
+    docker: Docker, arm64_image: str, local_registry: str
+) -> None:
+    """scripts/build_multiarch.sh: both platforms from the same Dockerfile under one name;
+    a pull for each platform gets that platform's image."""
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "build_multiarch.sh")],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        env={**docker.env, "REGISTRY": local_registry},
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, f"{done.stdout[-5000:]}\n{done.stderr[-5000:]}"
+    target = f"{local_registry}/servekit:{servekit.__version__}"
+    manifest = json.loads(docker("manifest", "inspect", "--insecure", target).stdout)
+    platforms = {
+        (m["platform"]["os"], m["platform"]["architecture"]) for m in manifest["manifests"]
+    }
+    assert platforms == {("linux", "amd64"), ("linux", "arm64")}
+    for arch in ("arm64", "amd64"):
+        docker("rmi", f"{target}-{arch}", check=False)
+        docker("pull", "--quiet", "--platform", f"linux/{arch}", target, timeout=600)
+        assert docker.image_id(target) == docker.image_id(f"servekit:{arch}")
+    docker("rmi", target, check=False)
