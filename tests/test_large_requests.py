@@ -53,11 +53,11 @@ def framed(rows: np.ndarray, height: int, width: int) -> np.ndarray:
     return out
 
 
-def tflite_rows(name: str, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def tflite_rows(
+    name: str, feed: Mapping[str, np.ndarray], repo: Path = REPO
+) -> dict[str, np.ndarray]:
     """ai-edge-litert's own signature runner, one row per invoke: no servekit code."""
-    runner = Interpreter(model_path=str(REPO / name / "1" / "model.tflite")).get_signature_runner(
-        "serving_default"
-    )
+    runner = Interpreter(model_path=str(repo / name / "1" / "model.tflite")).get_signature_runner()
     n = len(next(iter(feed.values())))
     parts = [runner(**{k: v[i : i + 1] for k, v in feed.items()}) for i in range(n)]
     return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
@@ -192,6 +192,7 @@ def make_repo(root: Path, **configs: str) -> Path:
         shutil.copytree(REPO / name, root / name)
     shutil.copytree(MODELS / "onnx" / "cnn_dynamic", root / "cnn")
     shutil.copytree(MODELS / "slow" / "slow", root / "slow")
+    shutil.copytree(MODELS / "unsafe" / "row0", root / "row0")
     for name, text in configs.items():
         (root / name / "config.yaml").write_text(text)
     return root
@@ -253,6 +254,22 @@ async def test_450_rows_equal_the_runtime_row_by_row_on_every_protocol(repo: Pat
     same(got[7], want_fixed)
     for rows, answer in zip(small, results[len(large) :], strict=True):
         same(answer, tflite_rows("digits", {"pixels": rows}))
+
+
+async def test_a_model_that_failed_the_batch_safety_check(repo: Path) -> None:
+    """row0 adds the batch's row 0 to every row: the check at load finds it and serves
+    it one row per invoke. A 450-row request split into chunks must still answer every
+    row alone (stacked, each row would get another row added)."""
+    x = np.random.default_rng(3).standard_normal((ROWS, 8)).astype(np.float32)
+    want = tflite_rows("row0", {"x": x}, MODELS / "unsafe")
+    async with serving(repo) as s:
+        meta = (await s.http.get("/v2/models/row0")).json()["parameters"]["batching"]
+        assert meta["batch_safety"]["check"] == "unsafe" and not meta["batch_safety"]["batched"]
+        got = await asyncio.gather(
+            s.v2_binary("row0", {"x": x}), s.grpc("row0", {"x": x[::-1].copy()})
+        )
+    same(got[0], want)
+    same(got[1], {k: v[::-1] for k, v in want.items()})
 
 
 async def test_variable_inner_dimensions(repo: Path) -> None:
