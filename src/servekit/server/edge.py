@@ -33,6 +33,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from servekit.server.errors import LOGGED
 from servekit.server.httpserver import REFUSED, HttpLimits, head_refusal
 from servekit.server.inference import InferenceRouter
 
@@ -179,6 +180,12 @@ class ServekitAPI(FastAPI):
                 "server shutting down: the request was stopped before it finished",
                 [(b"retry-after", b"1"), (b"connection", b"close")],
             )
+        except Exception as e:
+            # Starlette answers an unexpected exception through servekit's handler (which
+            # logs it) and raises it again for the server, which would log it once more.
+            if started and getattr(e, LOGGED, False):
+                return
+            raise
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """FastAPI's lifespan, but a failed start-up is reported in one line: Starlette

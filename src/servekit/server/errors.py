@@ -1,7 +1,10 @@
 """The one table from servekit errors to HTTP statuses, and the handlers that use it.
 
 Every error leaves as ``{"error": "<message>"}``; unknown exceptions become a 500
-that names the exception type without a traceback.
+that names the exception type without a traceback. The server log gets that traceback
+once, bounded (a RecursionError's is thousands of lines), and the exception is marked
+logged so the app's entry (``edge.ServekitAPI``) does not hand it on to uvicorn, which
+would log it again in full.
 
 Answers of 500 and above for servekit's own errors (a full queue, a deadline, a model
 not ready) are logged through ``RefusalLog``: under overload they come by the
@@ -12,8 +15,10 @@ per model and status every ``interval_s``. The HTTP metrics count every one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
+import traceback
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
@@ -37,6 +42,12 @@ from servekit.server.encoding import json_response
 from servekit.server.limits import BodyTooLarge
 
 log = logging.getLogger(__name__)
+
+# An unexpected exception's traceback in the log: its innermost frames, at most this
+# many characters (the first and last halves).
+TRACEBACK_FRAMES = 30
+TRACEBACK_CHARS = 16_000
+LOGGED = "servekit_logged"  # set on an exception once its traceback is in the log
 
 HTTP_STATUS: dict[type[ServekitError], int] = {
     PayloadTooLarge: 413,
@@ -145,8 +156,21 @@ def response_for(exc: Exception, method: str, path: str) -> Response:
         return error_response(status, str(exc) or type(exc).__name__, headers)
     if isinstance(exc, StarletteHTTPException):
         return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))
-    log.exception("unhandled error on %s %s", method, path, exc_info=exc)
+    log.error("unhandled error on %s %s\n%s", method, path, bounded_traceback(exc))
+    with contextlib.suppress(AttributeError):  # some exceptions take no attributes
+        setattr(exc, LOGGED, True)
     return error_response(500, f"internal error ({type(exc).__name__}); see the server log")
+
+
+def bounded_traceback(exc: BaseException) -> str:
+    """The exception's traceback: its innermost frames, cut to a bounded size."""
+    text = "".join(
+        traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-TRACEBACK_FRAMES)
+    ).rstrip()
+    if len(text) <= TRACEBACK_CHARS:
+        return text
+    half = TRACEBACK_CHARS // 2
+    return f"{text[:half]}\n[... {len(text) - 2 * half} characters left out ...]\n{text[-half:]}"
 
 
 async def _handled(request: Request, exc: Exception) -> Response:
