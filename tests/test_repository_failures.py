@@ -273,6 +273,10 @@ async def test_failures_at_start_are_logged_and_listed_without_server_paths(
             assert not any(h in r.text for h in hidden)
             # Failed for good: only an operator can change it, a retry storm helps nobody.
             assert "Retry-After" not in r.headers, (name, r.headers)
+        # The same when the failed version is named.
+        r = await s.c.post("/v1/models/garbage/versions/1:predict", json={"instances": [ROW]})
+        assert r.status_code == 503 and "is not a TFLite model" in r.text, r.text
+        assert "Retry-After" not in r.headers, r.headers
         assert (await s.predict("good")).status_code == 200
         assert await s.gauge("servekit_model_load_failing", model="badconf", version="") == 1
         assert await s.gauge("servekit_model_load_failing", model="garbage", version="1") == 1

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 import numpy as np
 
 from servekit.errors import BadInput, ClientDisconnected, NotReady
-from servekit.repository import ModelRegistry, ServedModel
+from servekit.repository import ModelRegistry, ModelUnavailable, ServedModel
 from servekit.tensors import check_inputs
 from servekit.triton_config import model_config
 
@@ -111,10 +111,13 @@ class DataPlane:
         """A model version that can serve now; NotReady (with its reason) otherwise."""
         model = self.registry.get(name, version)
         if not model.ready:
-            raise NotReady(
+            message = (
                 f"model '{model.name}' version {model.version} is {model.state}"
                 f"{': ' + model.reason if model.reason else ''}"
             )
+            if model.state == "UNAVAILABLE":  # as the registry says of a model's newest
+                raise ModelUnavailable(message, self.registry.failed_retry_after_s())
+            raise NotReady(message)
         return model
 
     def is_ready(self, name: str, version: str | None = None) -> bool:
