@@ -25,7 +25,6 @@ request every ``RECHECK_S`` to ask again (a provider set later applies within th
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -33,6 +32,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from servekit.server.encoding import send_error
 from servekit.server.errors import LOGGED
 from servekit.server.httpserver import REFUSED, HttpLimits, head_refusal
 from servekit.server.inference import InferenceRouter
@@ -106,24 +106,6 @@ def _one_line(e: BaseException) -> str:
     return text if isinstance(e, ServekitError) else f"{type(e).__name__}: {text}"
 
 
-async def _answer(
-    send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    body = json.dumps({"error": message}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *(headers or []),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
 class ServekitAPI(FastAPI):
     """The app uvicorn runs: FastAPI (routes, documentation, lifespan), entered by HTTP
     requests through servekit's own layers (``edge``, set by ``create_app``)."""
@@ -150,11 +132,13 @@ class ServekitAPI(FastAPI):
             return
         refused = scope.get("extensions", {}).get(REFUSED)
         if refused is not None:  # by the HTTP server (server/httpserver.py)
-            await _answer(send, 503, refused, [(b"retry-after", b"1"), (b"connection", b"close")])
+            await send_error(
+                send, 503, refused, [(b"retry-after", b"1"), (b"connection", b"close")]
+            )
             return
         refusal = head_refusal(scope, self.limits)
         if refusal is not None:
-            await _answer(send, *refusal)
+            await send_error(send, *refusal)
             return
         if self.root_path:  # as FastAPI does: the edge matches paths below it
             scope["root_path"] = self.root_path
@@ -174,7 +158,7 @@ class ServekitAPI(FastAPI):
             # the client may retry (elsewhere), not a 500 and a traceback.
             if started:
                 raise
-            await _answer(
+            await send_error(
                 send,
                 503,
                 "server shutting down: the request was stopped before it finished",

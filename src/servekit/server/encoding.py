@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import orjson
 from starlette.responses import Response
+from starlette.types import Send
 
 from servekit.errors import BadInput
 from servekit.server.strictjson import loads_strict
@@ -47,3 +48,23 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise BadInput(f"expected a JSON object, got {type(data).__name__}: {excerpt(data)}")
     return data
+
+
+async def send_error(
+    send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """Answer ``{"error": message}`` through a bare ASGI ``send`` (servekit's own layers,
+    before any router)."""
+    body = dumps({"error": message})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

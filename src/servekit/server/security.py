@@ -20,7 +20,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from servekit.server.encoding import dumps
+from servekit.server.encoding import send_error
 from servekit.server.paths import route_path
 
 _OPEN_PREFIXES = ("/v2/health/", "/v2/repository/")
@@ -54,24 +54,6 @@ def presented_key(scope: Scope) -> bytes | None:
         if scheme.lower() == b"bearer" and token:
             return token.strip()
     return _header(scope, b"x-api-key")
-
-
-async def _reject(
-    send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]]
-) -> None:
-    body = dumps({"error": message})
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 class ModelAccess:
@@ -113,7 +95,7 @@ class ModelAccess:
             return
         if self.api_keys and not self._key_ok(presented_key(scope)):
             given = presented_key(scope) is not None
-            await _reject(
+            await send_error(
                 send,
                 401,
                 "invalid API key"
@@ -126,7 +108,7 @@ class ModelAccess:
             await self.app(scope, receive, send)
             return
         if self.max_inflight and self.inflight >= self.max_inflight:
-            await _reject(
+            await send_error(
                 send,
                 503,
                 f"server busy: {self.inflight} requests in flight (limit {self.max_inflight}); "
