@@ -41,7 +41,7 @@ test: lint typecheck unit
 # image-arm64: the arm64 image from deploy/docker/Dockerfile, servekit:arm64 (as root).
 # test-arm64: tests/test_arm64.py in full: the image form too (builds the arm64 image,
 # about 6 minutes the first time and its base 3.5 more, and the amd64 one for the
-# multi-platform name); `make test` runs only its smoke form (about 2 minutes).
+# multi-platform name); `make test` runs only its smoke form (1-2.5 minutes).
 image-arm64:
 	scripts/build_arm64.sh
 

@@ -3,8 +3,8 @@ emulation, answering as on x86-64.
 
 Two forms, both marked `arm64`:
 
-- The smoke form runs in every `make test` (about 2.5 minutes on a fresh machine, under
-  2 with the cache; 2026-12-07, 2 busy cores): Debian bookworm's arm64 python3, unpacked
+- The smoke form runs in every `make test` (53 s from nothing at load 2, up to 2.5
+  minutes at load 10 and more; 2026-12-07, 2 cores): Debian bookworm's arm64 python3, unpacked
   (not configured) into a tree kept in ~/.cache/servekit (scripts/base_image.py's
   python_tree); a venv in it with servekit and the aarch64 wheels of uv.lock's serving
   dependencies, installed by uv from the lock with their hashes; a real servekit in a
