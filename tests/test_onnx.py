@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib.metadata
 import json
 import re
 import shutil
@@ -501,15 +502,20 @@ async def test_tflite_and_onnx_side_by_side_with_versions_reload_and_metrics(
     )
     x = digits_rows(7, 30)
     async with app_client(repo, model_control_mode="poll", poll_interval_s=0.1) as c:
-        # Per version: the platform (V2 metadata) and the runtime (v1 metadata).
+        # Per version: the platform (V2 metadata) and the runtime (v1 and V2 metadata).
         for version, platform, runtime in (
-            ("1", "tensorflow_lite", "ai-edge-litert"),
+            (
+                "1",
+                "tensorflow_lite",
+                f"ai-edge-litert {importlib.metadata.version('ai-edge-litert')}",
+            ),
             ("2", "onnxruntime_onnx", f"onnxruntime {ort.__version__}"),
         ):
             v2_meta = (await c.get(f"/v2/models/digits/versions/{version}")).json()
             assert v2_meta["platform"] == platform and v2_meta["versions"] == ["1", "2"]
             v1_meta = (await c.get(f"/v1/models/digits/versions/{version}/metadata")).json()
             assert v1_meta["servekit"]["runtime"] == runtime
+            assert v2_meta["parameters"]["runtime"] == runtime
             batching = v1_meta["servekit"]["batching"]
             assert batching["batch_safety"]["check"] == "verified"
             assert batching["dynamic"] and batching["buckets"][-1] == 32

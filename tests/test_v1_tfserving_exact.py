@@ -5,6 +5,7 @@ servekit does not serve (Classify, Regress, version labels) answering what to us
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import shutil
 from collections.abc import AsyncIterator
@@ -102,7 +103,8 @@ async def test_metadata_is_tf_servings_schema_exactly(client: httpx.AsyncClient)
         }
     # servekit's own details, apart from TF Serving's.
     mine = body["servekit"]
-    assert mine["runtime"] == "ai-edge-litert" and mine["platform"] == "tensorflow_lite"
+    litert = f"ai-edge-litert {importlib.metadata.version('ai-edge-litert')}"
+    assert mine["runtime"] == litert and mine["platform"] == "tensorflow_lite"
     assert mine["batching"]["max_batch_size"] == 32
     assert sorted(s["name"] for s in mine["inputs"]) == ["bias", "features"]
     q = (await client.get("/v1/models/digits_int8/metadata")).json()

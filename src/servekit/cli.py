@@ -426,7 +426,7 @@ def inspect(
         sig = backend.load(backend.read(model), ModelConfig()).signature
     except ServekitError as e:
         fail(str(e))
-    runtime = _with_version(backend.runtime_name())
+    runtime = backend.runtime_name()
     if as_json:
         console.print_json(
             json.dumps(
@@ -456,20 +456,6 @@ def inspect(
             )
             table.add_row(kind, s.name, s.datatype, str(list(s.shape)), q)
     console.print(table)
-
-
-def _with_version(runtime: str) -> str:
-    """'ai-edge-litert' -> 'ai-edge-litert 2.3.0', the installed distribution's version
-    (the same wheel name on x86-64 and aarch64); a name that carries its version already
-    (onnxruntime's) or names no distribution stays as it is."""
-    import importlib.metadata
-
-    if " " in runtime:
-        return runtime
-    try:
-        return f"{runtime} {importlib.metadata.version(runtime)}"
-    except importlib.metadata.PackageNotFoundError:
-        return runtime
 
 
 app.command()(optimize_command)

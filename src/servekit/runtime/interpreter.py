@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.metadata
 from typing import Any
 
 # (module, attribute, name shown to users), in order of preference.
@@ -34,5 +35,11 @@ def interpreter_class() -> Any:
 
 
 def runtime_name() -> str:
-    """Which runtime serves models in this process (shown in metadata)."""
-    return _find()[1]
+    """Which runtime serves models in this process, with its version (shown in metadata
+    and by ``servekit inspect``): e.g. 'ai-edge-litert 2.3.0', the same distribution on
+    x86-64 and aarch64."""
+    name = _find()[1]
+    try:
+        return f"{name} {importlib.metadata.version(name)}"
+    except importlib.metadata.PackageNotFoundError:  # e.g. TensorFlow built from source
+        return name

@@ -86,7 +86,7 @@ def _metadata(plane: DataPlane, model: ServedModel) -> dict[str, Any]:
         "platform": meta["platform"],
         "inputs": [_tensor(s) for s in model.inputs],
         "outputs": [_tensor(s) for s in model.outputs],
-        "parameters": {"batching": meta["batching"]},
+        "parameters": {"batching": meta["batching"], "runtime": meta["runtime"]},
     }
 
 
