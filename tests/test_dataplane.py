@@ -63,10 +63,18 @@ class FakeModel:
     def count_invalid(self) -> None:
         self.invalid += 1
 
+    def count_outcome(self, start: float, error: BaseException | None = None) -> None:
+        self.events.append(f"counted {type(error).__name__ if error else 'success'}")
+
     def submit(
-        self, inputs: Mapping[str, Any], *, timeout_s: float | None = None, priority: int = 0
+        self,
+        inputs: Mapping[str, Any],
+        *,
+        timeout_s: float | None = None,
+        priority: int = 0,
+        counted: bool = True,
     ) -> Any:
-        self.events.append("submit")
+        self.events.append("submit" if counted else "submit part")
         if len(self.submitted) >= self.queue_room:
             raise Overloaded("queue full")
         self.submitted.append((inputs, timeout_s, priority))
@@ -208,7 +216,7 @@ async def test_a_large_request_is_queued_in_chunks_in_one_step_and_joined_in_ord
     task = asyncio.create_task(p.infer("m", None, lambda m: Decoded(x, timeout_s=2.0, priority=1)))
     await asyncio.sleep(0)
     # Every chunk was queued before the loop ran (a draining version finishes them all).
-    assert model.events[:4] == ["get", "submit", "submit", "submit"]
+    assert model.events[:4] == ["get", "submit part", "submit part", "submit part"]
     assert [s[0]["x"].shape[0] for s in model.submitted] == [4, 4, 2]
     assert all(s[1:] == (2.0, 1) for s in model.submitted)
     # Chunks answer out of order; the request's rows come back in order.
@@ -217,6 +225,8 @@ async def test_a_large_request_is_queued_in_chunks_in_one_step_and_joined_in_ord
     done = await task
     np.testing.assert_array_equal(done.outputs["y"], x["x"] * 10)
     np.testing.assert_array_equal(done.outputs["n"], [0, 1, 2])
+    assert model.events[-1] == "counted success"  # the request, once
+    assert model.events.count("counted success") == 1
 
 
 async def test_a_request_within_max_batch_size_is_one_submit() -> None:

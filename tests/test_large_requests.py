@@ -256,6 +256,20 @@ async def test_450_rows_equal_the_runtime_row_by_row_on_every_protocol(repo: Pat
         same(answer, tflite_rows("digits", {"pixels": rows}))
 
 
+async def test_a_split_request_counts_once(repo: Path) -> None:
+    """The request metrics (and Triton's statistics, made from them) count requests:
+    a 450-row request is one success of 450 inferences, whatever its chunks."""
+    async with serving(repo) as s:
+        await s.v2_binary("digits", {"pixels": digits(ROWS)})
+        await s.v2_binary("digits", {"pixels": digits(3)})
+        ok = await s.metric("servekit_requests_total", model="digits", outcome="success", reason="")
+        assert ok == 2, ok
+        assert await s.metric("servekit_inferences_total", model="digits") == ROWS + 3
+        stats = (await s.http.get("/v2/models/digits/stats")).json()["model_stats"][0]
+        assert stats["inference_stats"]["success"]["count"] == 2, stats
+        assert stats["inference_count"] == ROWS + 3, stats
+
+
 async def test_a_model_that_failed_the_batch_safety_check(repo: Path) -> None:
     """row0 adds the batch's row 0 to every row: the check at load finds it and serves
     it one row per invoke. A 450-row request split into chunks must still answer every
@@ -359,6 +373,11 @@ async def test_a_deadline_fails_the_request_and_the_rest_is_never_computed(repo:
         await asyncio.sleep(0.5)  # what was still queued would have run by now
         computed = await s.metric("servekit_inferences_total", model="slow")
         assert 0 < computed < 100, computed  # a few chunks each, not 2 x 200 rows
+        # Two requests failed, each counted once (not once per chunk).
+        failed = await s.metric(
+            "servekit_requests_total", model="slow", outcome="failure", reason="timeout"
+        )
+        assert failed == 2, failed
         # The model serves on at once: nothing of the two requests is left queued.
         same(await s.v2_json("slow", {"x": x[:8]}), tflite_rows_slow(x[:8]))
 

@@ -135,16 +135,20 @@ class Batcher:
         *,
         timeout_s: float | None = None,
         priority: int = 0,
+        counted: bool = True,
     ) -> Coroutine[Any, Any, Outputs]:
         """Queue one validated request now; await the result to get its rows.
 
         Synchronous up to the queueing, so a caller that picked this model and calls
         ``submit`` in the same step cannot lose the request to an unload in between.
+        ``counted`` off: this is a part of a request, whose outcome its caller counts
+        once (``count_outcome``), so the request metrics count requests, not parts.
         """
         if self._closing:
             raise ShuttingDown("model is unloading; no new requests")
         if len(self._heap) >= self._max_queue:
-            self._metrics.failure("rejected")
+            if counted:
+                self._metrics.failure("rejected")
             raise Overloaded(f"queue full ({self._max_queue} requests waiting); retry later")
         timeout = self._timeout if timeout_s is None else min(timeout_s, self._timeout)
         now = time.monotonic()
@@ -156,9 +160,11 @@ class Batcher:
         self._metrics.queued(1)
         self._has_work.set()
         self._idle.clear()
-        return self._result(fut, now, timeout)
+        return self._result(fut, now, timeout, counted)
 
-    async def _result(self, fut: asyncio.Future[Outputs], start: float, timeout: float) -> Outputs:
+    async def _result(
+        self, fut: asyncio.Future[Outputs], start: float, timeout: float, counted: bool
+    ) -> Outputs:
         # The deadline covers queue and compute: a timer fails the future when it passes,
         # and a request still queued then is skipped when its batch forms. (A timer
         # rather than asyncio.wait_for, which costs two more futures and a task switch
@@ -168,17 +174,30 @@ class Batcher:
         )
         try:
             out = await fut
-        except asyncio.CancelledError:
-            fut.cancel()
-            self._metrics.failure("cancelled", time.monotonic() - start)
-            raise
-        except ServekitError as e:
-            self._metrics.failure(_reason(e), time.monotonic() - start)
+        except BaseException as e:
+            if isinstance(e, asyncio.CancelledError):
+                fut.cancel()
+            if counted:
+                self.count_outcome(start, e)
             raise
         finally:
             timer.cancel()
-        self._metrics.success(time.monotonic() - start)
+        if counted:
+            self._metrics.success(time.monotonic() - start)
         return out
+
+    def count_outcome(self, start: float, error: BaseException | None = None) -> None:
+        """Count one request's outcome: answered (``error`` None) or failed, queued at
+        ``start`` (``time.monotonic()``)."""
+        seconds = time.monotonic() - start
+        if error is None:
+            self._metrics.success(seconds)
+        elif isinstance(error, asyncio.CancelledError):
+            self._metrics.failure("cancelled", seconds)
+        elif isinstance(error, Overloaded):
+            self._metrics.failure("rejected")
+        elif isinstance(error, ServekitError):
+            self._metrics.failure(_reason(error), seconds)
 
     # -- the batching loop -----------------------------------------------------------
 

@@ -21,6 +21,7 @@ No web framework here: errors are ``servekit.errors``' and carry no status.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
@@ -188,14 +189,20 @@ class DataPlane:
             )
             return model, request, pending
         queued: list[Coroutine[Any, Any, Outputs]] = []
+        start = time.monotonic()
         try:
             for chunk in chunks:
                 queued.append(
-                    model.submit(chunk, timeout_s=request.timeout_s, priority=request.priority)
+                    model.submit(
+                        chunk,
+                        timeout_s=request.timeout_s,
+                        priority=request.priority,
+                        counted=False,  # the request is counted once, not each chunk
+                    )
                 )
         except Exception as e:  # the queue filled up part-way (Overloaded)
-            return model, request, _joined(queued, refused=e)
-        return model, request, _joined(queued)
+            return model, request, _counted(model, start, _joined(queued, refused=e))
+        return model, request, _counted(model, start, _joined(queued))
 
 
 def _chunks(model: ServedModel, inputs: Mapping[str, Array]) -> list[dict[str, Array]] | None:
@@ -259,6 +266,19 @@ async def _joined(
         raise
     first = outputs[0]
     return {k: np.concatenate([o[k] for o in outputs]) for k in first}
+
+
+async def _counted(
+    model: ServedModel, start: float, joined: Coroutine[Any, Any, Outputs]
+) -> Outputs:
+    """A split request's outputs, its outcome counted once in the model's metrics."""
+    try:
+        outputs = await joined
+    except BaseException as e:
+        model.count_outcome(start, e)
+        raise
+    model.count_outcome(start)
+    return outputs
 
 
 def _retrieved(task: asyncio.Future[Outputs]) -> None:

@@ -370,8 +370,10 @@ class ServedModel:
         *,
         timeout_s: float | None = None,
         priority: int = 0,
+        counted: bool = True,
     ) -> Coroutine[Any, Any, Outputs]:
-        """Validate one request and queue it now; await the result for its outputs."""
+        """Validate one request and queue it now; await the result for its outputs.
+        ``counted`` off: a part of a request, counted once by ``count_outcome``."""
         if self._batcher is None or not self.ready:
             raise NotReady(f"model '{self.name}' version {self.version} is {self.state}")
         try:
@@ -385,7 +387,14 @@ class ServedModel:
         except BadInput:
             self.count_invalid()
             raise
-        return self._batcher.submit(checked, rows, timeout_s=timeout_s, priority=priority)
+        return self._batcher.submit(
+            checked, rows, timeout_s=timeout_s, priority=priority, counted=counted
+        )
+
+    def count_outcome(self, start: float, error: BaseException | None = None) -> None:
+        """Count the outcome of a request submitted in parts (``counted`` off)."""
+        if self._batcher is not None:
+            self._batcher.count_outcome(start, error)
 
     def count_invalid(self) -> None:
         """A request for this model that was refused as invalid (400)."""
