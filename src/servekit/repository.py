@@ -443,6 +443,7 @@ class ServedModel:
                     else None
                 ),
                 "max_batch_size": self.config.max_batch_size,
+                "max_request_rows": self.config.max_request_rows,
                 "buckets": self.buckets,
                 "max_queue_delay_ms": self.config.max_queue_delay_ms,
                 "instances": self.config.instances,

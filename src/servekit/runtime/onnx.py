@@ -1,6 +1,6 @@
 """The ONNX Runtime backend: ``model.onnx`` files, run on the CPU execution provider.
 
-onnxruntime is an optional dependency (``pip install 'servekit[onnx]'``): it is imported
+onnxruntime is an optional dependency (the ``onnx`` extra): it is imported
 the first time an ONNX model loads, so a server of TFLite models never needs it.
 
 What servekit serves of an ONNX graph:
@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install 'servekit[onnx]'"
+# servekit is installed from its checkout, not an index: the runtime by its own name.
+INSTALL_HINT = "pip install onnxruntime"
 
 _OPTIMIZATION_LEVELS = {
     "disable": "ORT_DISABLE_ALL",
