@@ -40,6 +40,7 @@ from servekit.cpus import CpuBudget, cpu_budget, worker_processes
 from servekit.errors import InferenceFailed, ServekitError
 from servekit.metrics import ModelMetrics
 from servekit.runtime import ModelRunner
+from servekit.runtime import runner as runner_module
 from servekit.tensors import Array
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ def cheap_enough_to_inline(model: ModelRunner, max_rows: int) -> bool:
 # batch: a second instance splits them into two smaller batches, and on the wide dense
 # model it cut requests/s at 64 connections from 1,251 to 398); others get an instance
 # per CPU.
-BATCHING_PAYS = 2.0
+BATCHING_PAYS = runner_module.BATCHING_PAYS
 
 Auto = Literal["auto"]
 
