@@ -173,7 +173,12 @@ def test_no_python_object_per_number() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    [b"[[]3]", b"[[]6.1\t]", b"[53[,]964]", b"[[ 3,]93]", b"[1 2]", b"[[1],[]]", b"[[]]", b"[1,]"],
+    [
+        *(b"[[]3]", b"[[]6.1\t]", b"[53[,]964]", b"[[ 3,]93]", b"[1 2]", b"[[1],[]]", b"[[]]"),
+        # One-dimensional arrays take a path of their own (one parse, no skeleton).
+        *(b"[1,]", b"[]", b"[,1]", b"[1,,2]", b"[01]", b"[1.]", b"[-]", b"[1e]"),
+        *(b"[9223372036854775808, 1]", b"[1e309, 1.0]", b"[1] [2]", b"[1, true]"),
+    ],
 )
 def test_numeric_array_refuses_what_is_not_json(text: bytes) -> None:
     assert strictjson.numeric_array(text) is None
@@ -203,6 +208,7 @@ def test_numeric_array_agrees_with_orjson_on_random_text(
         if rng.random() < 0.3:
             value[-1] = value[-1][:-1]  # ragged
         texts.append(orjson.dumps(value).replace(b",", b" , "))
+        texts.append(orjson.dumps(value[0]))  # one-dimensional
     for text in texts:
         got = strictjson.numeric_array(text)
         if got is None:
