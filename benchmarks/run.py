@@ -462,29 +462,24 @@ def uvicorn_app(
 
 
 def bare_server(
-    name: str, response: bytes, content_type: str, header_length: str | None, workers: int
+    name: str,
+    response: bytes,
+    content_type: str,
+    header_length: str | None,
+    workers: int,
+    granian: bool = False,
 ) -> ChildServer:
-    """``bare_asgi:app`` answering every request with ``response``."""
+    """``bare_asgi:app`` answering every request with ``response``, under uvicorn (or
+    granian)."""
     BUILD.mkdir(exist_ok=True)
     body_file = BUILD / f"bare-response-{name}.bin"
     body_file.write_bytes(response)
     env = {"BARE_RESPONSE_FILE": str(body_file), "BARE_CONTENT_TYPE": content_type}
     if header_length:
         env["BARE_HEADER_LENGTH"] = header_length
+    if granian:
+        return granian_app("bare_asgi:app", env, f"bare-granian-{name}", workers, "/")
     return uvicorn_app("bare_asgi:app", env, f"bare-{name}", workers, "/")
-
-
-def bare_granian_server(
-    name: str, response: bytes, content_type: str, header_length: str | None, workers: int
-) -> ChildServer:
-    """``bare_asgi:app`` under granian, answering every request with ``response``."""
-    BUILD.mkdir(exist_ok=True)
-    body_file = BUILD / f"bare-response-{name}.bin"
-    body_file.write_bytes(response)
-    env = {"BARE_RESPONSE_FILE": str(body_file), "BARE_CONTENT_TYPE": content_type}
-    if header_length:
-        env["BARE_HEADER_LENGTH"] = header_length
-    return granian_app("bare_asgi:app", env, f"bare-granian-{name}", workers, "/")
 
 
 def lean_server(name: str, repo: Path, workers: int) -> ChildServer:
@@ -668,8 +663,8 @@ def bench_model(
                 continue
             assert response is not None, "a servekit variant runs before the floors"
             print(f"  {variant.replace('_', ' ')}:", flush=True)
-            run = bare_server if variant == "bare_asgi" else bare_granian_server
-            with run(case.key, *response, workers=workers) as floor:
+            granian = variant == "bare_granian"
+            with bare_server(case.key, *response, workers=workers, granian=granian) as floor:
                 result[variant] = {
                     "measured_for": case.key,
                     "response_bytes": len(response[0]),
