@@ -8,7 +8,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -200,3 +201,23 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
             cwd=d,
         )
     return d
+
+
+@asynccontextmanager
+async def serve_digits(root_path: str = "", **settings: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """The app in-process (its own ASGI entry, servekit's layers, the lifespan run as a
+    server runs it) serving the repository's digits model, through httpx."""
+    from servekit.config import ServerSettings
+    from servekit.server.app import create_app
+
+    app = create_app(
+        ServerSettings(
+            model_path=REPO, model_control_mode="explicit", load_models=["digits"], **settings
+        )
+    )
+    transport = httpx.ASGITransport(app=app, root_path=root_path)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://servekit") as client,
+    ):
+        yield client

@@ -6,34 +6,11 @@ ASGITransport, with the lifespan run as a server runs it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
-
-import httpx
-
-from conftest import REPO
-from servekit.config import ServerSettings
-from servekit.server.app import create_app
+from conftest import serve_digits as served
 
 KEY = {"X-API-Key": "k1"}
 BEARER = {"Authorization": "Bearer k2"}
 EXAMPLE = "/docs/examples/digits/v1"
-
-
-@asynccontextmanager
-async def served(root_path: str = "", **settings: Any) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(
-        ServerSettings(
-            model_path=REPO, model_control_mode="explicit", load_models=["digits"], **settings
-        )
-    )
-    transport = httpx.ASGITransport(app=app, root_path=root_path)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://servekit") as client,
-    ):
-        yield client
 
 
 async def test_openapi_and_metrics_need_a_key_when_keys_are_set() -> None:

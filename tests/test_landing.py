@@ -5,33 +5,11 @@ JSON for clients (curl sends ``Accept: */*``); a browser's navigation is sent to
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
-
-import httpx
-
-from conftest import REPO, free_port
+from conftest import free_port
+from conftest import serve_digits as served
 from servekit import __version__
-from servekit.config import ServerSettings
-from servekit.server.app import create_app
 
 BROWSER = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
-
-
-@asynccontextmanager
-async def served(root_path: str = "", **settings: Any) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(
-        ServerSettings(
-            model_path=REPO, model_control_mode="explicit", load_models=["digits"], **settings
-        )
-    )
-    transport = httpx.ASGITransport(app=app, root_path=root_path)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://servekit") as client,
-    ):
-        yield client
 
 
 async def test_root_answers_a_small_json_pointer() -> None:

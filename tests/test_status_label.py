@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import re
 
-import httpx
 import pytest
 
-from conftest import REPO
-from servekit.config import ServerSettings
-from servekit.server.app import create_app
+from conftest import serve_digits
 
 SERIES = re.compile(
     r'^http_requests_total\{handler="(?P<handler>[^"]*)",method="(?P<method>[A-Z]+)",'
@@ -27,19 +24,7 @@ SERIES = re.compile(
     ("label", "want"), [("code", {"200", "400", "404"}), ("class", {"2xx", "4xx"})]
 )
 async def test_status_label(label: str, want: set[str]) -> None:
-    app = create_app(
-        ServerSettings(
-            model_path=REPO,
-            model_control_mode="explicit",
-            load_models=["digits"],
-            http_status_label=label,
-        )
-    )
-    transport = httpx.ASGITransport(app=app)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://s") as c,
-    ):
+    async with serve_digits(http_status_label=label) as c:
         assert (await c.get("/v1/models/digits")).status_code == 200
         assert (await c.get("/v1/models/nope")).status_code == 404
         r = await c.post("/v1/models/digits:predict", json={"instances": "x"})
