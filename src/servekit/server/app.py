@@ -150,7 +150,9 @@ def create_app(settings: ServerSettings | None = None) -> ServekitAPI:
 
     # servekit's HTTP layers (server/edge.py), innermost first. The dispatcher sends
     # the inference POSTs to servekit's router, everything else to FastAPI.
-    router = InferenceRouter([*v1.ROUTES, *v2.ROUTES], plane, settings.max_body_bytes)
+    router = InferenceRouter(
+        [*v1.ROUTES, *v2.ROUTES], plane, settings.max_body_bytes, settings.max_json_bytes
+    )
     edge: ASGIApp = Dispatcher(router, app.fastapi, telemetry)
     edge = BodySizeLimit(edge, max_bytes=settings.max_body_bytes)
     # With API keys, what names the models needs a key too, unless made public.

@@ -23,14 +23,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from servekit.config import ServerSettings
 from servekit.dataplane import Cancelled, DataPlane
 from servekit.errors import ClientDisconnected, PayloadTooLarge
 from servekit.server.errors import response_for
 from servekit.server.limits import client_gone
 from servekit.server.paths import compile_template, route_path
-
-DEFAULT_MAX_JSON_BYTES: int = ServerSettings.model_fields["max_json_bytes"].default
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +41,7 @@ class InferenceCall:
     version: str | None  # None: the newest ready version
     cancelled: Cancelled  # returns when the client has gone
     max_body_bytes: int  # also the limit for a decompressed body
-    max_json_bytes: int = DEFAULT_MAX_JSON_BYTES  # the limit for JSON (V2: its JSON part)
+    max_json_bytes: int  # the limit for JSON (V2: its JSON part)
 
 
 Handler = Callable[[InferenceCall], Awaitable[Response]]
@@ -98,7 +95,7 @@ class InferenceRouter:
         routes: Sequence[InferenceRoute],
         plane: DataPlane,
         max_body_bytes: int,
-        max_json_bytes: int | None = None,  # None: the app's settings' (scope["app"])
+        max_json_bytes: int,
     ) -> None:
         self.routes = tuple(routes)
         self.plane = plane
@@ -114,13 +111,6 @@ class InferenceRouter:
             if m is not None:
                 return route, m.groupdict()
         return None
-
-    def _max_json_bytes(self, scope: Scope) -> int:
-        if self.max_json_bytes is None:
-            settings = getattr(getattr(scope.get("app"), "state", None), "settings", None)
-            limit = getattr(settings, "max_json_bytes", None)
-            self.max_json_bytes = limit if isinstance(limit, int) else DEFAULT_MAX_JSON_BYTES
-        return self.max_json_bytes
 
     async def serve(
         self,
@@ -139,7 +129,7 @@ class InferenceRouter:
                 version=params.get("version"),
                 cancelled=client_gone(receive),
                 max_body_bytes=self.max_body_bytes,
-                max_json_bytes=self._max_json_bytes(scope),
+                max_json_bytes=self.max_json_bytes,
             )
             response = await route.handler(call)
         except Exception as exc:
