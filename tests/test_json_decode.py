@@ -216,3 +216,46 @@ def test_numeric_array_agrees_with_orjson_on_random_text(
         want = np.asarray(orjson.loads(text))  # raises if the text was not JSON
         assert got.dtype == want.dtype and got.shape == want.shape, text
         assert np.array_equal(got, want), text
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 16, 1 << 20])
+def test_long_runs_are_found_across_chunks(chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stretches of array bytes found chunk by chunk are exactly those a regular
+    expression finds in the whole text, wherever the chunk boundaries fall."""
+    import random
+    import re
+
+    monkeypatch.setattr(strictjson, "CHUNK", chunk)
+    monkeypatch.setattr(strictjson, "TENSOR_MIN_ARRAY", 6)
+    rng = random.Random(chunk)
+    for _ in range(3000):
+        text = bytes(rng.choice(b'1,[]"a:{') for _ in range(rng.randint(0, 60)))
+        want = [m.span() for m in re.finditer(rb"[\[\]1,]{6,}", text)]
+        assert list(strictjson._long_runs(text)) == want, text
+
+
+def test_decoder_threads_keep_their_own_parser() -> None:
+    """Bodies decoded in several threads at once, large and small, good and bad,
+    each come back as orjson reads them (a parser is kept per thread)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bodies = [body for body, _ in BODIES.values()]
+    huge = orjson.dumps({"x": RNG.random(strictjson.KEEP_PARSER_BYTES // 10).tolist()})
+    assert len(huge) > strictjson.KEEP_PARSER_BYTES
+    bodies += [huge, b'{"x": [' + b"1," * 5000 + b"x]}"]
+
+    def decode(body: bytes) -> Any:
+        try:
+            return loads_tensors(body)
+        except BadInput as e:
+            return e
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(decode, bodies * 4))
+    for body, got in zip(bodies * 4, results, strict=True):
+        try:
+            want = loads_strict(body)
+        except BadInput as e:
+            assert isinstance(got, BadInput) and str(got) == str(e)
+        else:
+            same(got, want)
