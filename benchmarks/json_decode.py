@@ -1,5 +1,6 @@
 """JSON tensor decoders measured on a 224x224x3 float request (150,528 numbers), and
-how long each one keeps an event loop from running while it decodes in a thread.
+how long each one keeps an event loop from running while it decodes in a thread. Both
+forms an image takes: TF Serving's nested ``instances`` and V2's flat ``data``.
 
     .venv/bin/python benchmarks/json_decode.py [--repeat 15] [--stall-mib 8 16 60]
 
@@ -41,30 +42,46 @@ except ImportError:
 _BRACKETS = bytes.maketrans(b"[]", b"  ")
 
 
-def body_of(shape: tuple[int, ...], seed: int = 0) -> tuple[bytes, np.ndarray]:
+# The two forms a 224x224x3 image takes in JSON: TF Serving's nested rows (float32
+# values, as orjson writes numpy), and V2's flat ``data`` (float64 reprs, 17 digits, as
+# benchmarks/run.py sends), and where each keeps the numbers.
+FORMS = ("v1_nested", "v2_flat")
+
+
+def body_of(form: str, shape: tuple[int, ...], seed: int = 0) -> tuple[bytes, np.ndarray]:
     image = np.random.default_rng(seed).random(shape, dtype=np.float32)
-    return orjson.dumps({"instances": image}, option=orjson.OPT_SERIALIZE_NUMPY), image
+    if form == "v1_nested":
+        return orjson.dumps({"instances": image}, option=orjson.OPT_SERIALIZE_NUMPY), image
+    tensor = {"name": "image", "shape": list(shape), "datatype": "FP32"}
+    data = image.astype(np.float64).ravel()
+    body = orjson.dumps({"inputs": [{**tensor, "data": data}]}, option=orjson.OPT_SERIALIZE_NUMPY)
+    return body, image
 
 
-def candidates() -> dict[str, Callable[[bytes], np.ndarray]]:
+def numbers_of(form: str, doc: Any) -> Any:
+    return doc["instances"] if form == "v1_nested" else doc["inputs"][0]["data"]
+
+
+def candidates(form: str) -> dict[str, Callable[[bytes], np.ndarray]]:
     def orjson_asarray(body: bytes) -> np.ndarray:  # what servekit did before
-        return np.asarray(loads_strict(body)["instances"]).astype(np.float32)
+        return np.asarray(numbers_of(form, loads_strict(body))).astype(np.float32)
 
     def orjson_array_dtype(body: bytes) -> np.ndarray:
-        return np.array(orjson.loads(body)["instances"], dtype=np.float32)
+        return np.array(numbers_of(form, orjson.loads(body)), dtype=np.float32)
 
     def simdjson_buffer(body: bytes) -> np.ndarray:  # the floor: no checks at all
         doc = simdjson.Parser().parse(body)
-        buf = doc["instances"].as_buffer(of_type="d")  # type: ignore[index,union-attr]
+        buf = numbers_of(form, doc).as_buffer(of_type="d")
         return np.frombuffer(buf, dtype=np.float64).astype(np.float32)
 
     def numpy_text(body: bytes) -> np.ndarray:  # numpy's own text parser, no checks
-        start, end = body.index(b"["), body.rindex(b"]") + 1
+        start = body.index(b"[", body.index(b'"data"') if form == "v2_flat" else 0)
+        end = body.index(b"]", start) + 1 if form == "v2_flat" else body.rindex(b"]") + 1
         text = body[start:end].translate(_BRACKETS).decode()
         return np.fromstring(text, dtype=np.float32, sep=",")
 
     def servekit_loads_tensors(body: bytes) -> np.ndarray:
-        return np.asarray(loads_tensors(body)["instances"]).astype(np.float32)
+        return np.asarray(numbers_of(form, loads_tensors(body))).astype(np.float32)
 
     found: dict[str, Callable[[bytes], np.ndarray]] = {
         "orjson + numpy.asarray (before)": orjson_asarray,
@@ -74,7 +91,7 @@ def candidates() -> dict[str, Callable[[bytes], np.ndarray]]:
         decoder = msgspec.json.Decoder()
 
         def msgspec_array(body: bytes) -> np.ndarray:
-            return np.array(decoder.decode(body)["instances"], dtype=np.float32)
+            return np.array(numbers_of(form, decoder.decode(body)), dtype=np.float32)
 
         found["msgspec + numpy.array(dtype)"] = msgspec_array
     found["pysimdjson as_buffer, no checks (floor)"] = simdjson_buffer
@@ -83,9 +100,9 @@ def candidates() -> dict[str, Callable[[bytes], np.ndarray]]:
     return found
 
 
-def speed(repeat: int) -> dict[str, Any]:
-    body, image = body_of((1, 224, 224, 3))
-    found = candidates()
+def speed(form: str, repeat: int) -> dict[str, Any]:
+    body, image = body_of(form, (1, 224, 224, 3))
+    found = candidates(form)
     for name, fn in found.items():  # warm up, and each gives the image back
         assert np.array_equal(fn(body).reshape(image.shape), image), name
     times: dict[str, list[float]] = {name: [] for name in found}
@@ -128,18 +145,19 @@ async def _longest_gap(work: Callable[[], object]) -> tuple[float, float]:
 
 def stalls(sizes_mib: list[int]) -> list[dict[str, Any]]:
     out = []
-    for mib in sizes_mib:
-        sample, _ = body_of((1, 1000, 3))
-        pixels = int(mib * 2**20 / len(sample) * 1000)
-        body, _ = body_of((1, pixels, 3))
-        row: dict[str, Any] = {"body_mib": round(len(body) / 2**20, 1)}
-        for name, fn in (
-            ("before", lambda b=body: np.asarray(loads_strict(b)["instances"])),
-            ("loads_tensors", lambda b=body: loads_tensors(b)),
-        ):
-            gap, took = asyncio.run(_longest_gap(fn))
-            row[name] = {"decode_s": round(took, 3), "longest_loop_gap_ms": round(gap, 1)}
-        out.append(row)
+    for form in FORMS:
+        for mib in sizes_mib:
+            sample, _ = body_of(form, (1, 1000, 3))
+            pixels = int(mib * 2**20 / len(sample) * 1000)
+            body, _ = body_of(form, (1, pixels, 3))
+            row: dict[str, Any] = {"form": form, "body_mib": round(len(body) / 2**20, 1)}
+            for name, fn in (
+                ("before", lambda b=body, f=form: np.asarray(numbers_of(f, loads_strict(b)))),
+                ("loads_tensors", lambda b=body: loads_tensors(b)),
+            ):
+                gap, took = asyncio.run(_longest_gap(fn))
+                row[name] = {"decode_s": round(took, 3), "longest_loop_gap_ms": round(gap, 1)}
+            out.append(row)
     return out
 
 
@@ -160,7 +178,7 @@ def main() -> None:
             "orjson": orjson.__version__,
             "msgspec": getattr(msgspec, "__version__", None),
         },
-        "speed_224x224x3": speed(args.repeat),
+        "speed_224x224x3": {form: speed(form, args.repeat) for form in FORMS},
         "loop_stall_while_decoding_in_a_thread": stalls(args.stall_mib),
         "uptime_after": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
         "loadavg_before": load_before,
