@@ -111,11 +111,17 @@ def test_one_scrape_reports_the_sum_of_both_workers(workers: tuple[ServerProcess
 
 def test_a_killed_worker_leaves_no_live_gauges(workers: tuple[ServerProcess, Path]) -> None:
     server, metrics_dir = workers
-    sent = 20
-    for _ in range(sent):
+    # Ready means one worker answers; the other may still be loading its model (seconds
+    # on a busy machine) and writes its gauges once it has.
+    deadline, sent = time.monotonic() + 60, 0
+    while True:
         assert predict_fresh_connection(server.url) == 200
-    pids = {int(p.stem.split("_")[-1]) for p in metrics_dir.glob("gauge_livesum_*.db")}
-    assert len(pids) == 2, pids
+        sent += 1
+        pids = {int(p.stem.split("_")[-1]) for p in metrics_dir.glob("gauge_livesum_*.db")}
+        if len(pids) == 2:
+            break
+        assert time.monotonic() < deadline, f"one worker's gauges only: {pids}\n{server.log()}"
+        time.sleep(0.1)
     victim = min(pids)
     os.kill(victim, signal.SIGKILL)  # no shutdown: it cannot clean up after itself
 
