@@ -178,6 +178,9 @@ def test_no_python_object_per_number() -> None:
         # One-dimensional arrays take a path of their own (one parse, no skeleton).
         *(b"[1,]", b"[]", b"[,1]", b"[1,,2]", b"[01]", b"[1.]", b"[-]", b"[1e]"),
         *(b"[9223372036854775808, 1]", b"[1e309, 1.0]", b"[1] [2]", b"[1, true]"),
+        # Nested: what the skeleton alone would not tell, simdjson's parse does.
+        *(b"[[1,true]]", b"[[1],[null]]", b'[["1"],[2]]', b"[[],[]]", b"[[1,2][3,4]]"),
+        *(b"[[1,2],,[3,4]]", b"[[1,2],[3,4]]]", b"[[1,2],[3,{}]]", b"[[1,2],[3 4]]"),
     ],
 )
 def test_numeric_array_refuses_what_is_not_json(text: bytes) -> None:
