@@ -248,7 +248,12 @@ def loads_tensors(body: bytes | memoryview, what: str = "a JSON object") -> Any:
         # A run cut from inside a string breaks the document (a marker's backslash
         # lands outside any string): orjson on the body as sent says what is wrong.
         return loads_strict(raw, what)
-    return _put_back(data, arrays)
+    if not isinstance(data, dict | list) or _put_back(data, arrays) > MAX_DEPTH:
+        # A marker that was no value (an array where a key belongs), or an array whose
+        # dimensions nest the body too deep (the depth check saw a marker, not them):
+        # the body as sent gets the error loads_strict gives it.
+        return loads_strict(raw, what)
+    return data
 
 
 def _has_nul(raw: bytes) -> bool:
@@ -303,21 +308,24 @@ def _long_runs(raw: bytes) -> Iterator[tuple[int, int]]:
         yield begin, len(raw)
 
 
-def _put_back(data: Any, arrays: dict[str, Any]) -> Any:
-    """``data`` with each marker string replaced by its array (the markers are left in
-    document order, in objects and lists at any depth)."""
-    if isinstance(data, str):
-        return arrays.get(data, data)
+def _put_back(data: dict[str, Any] | list[Any], arrays: dict[str, Any]) -> int:
+    """Replace each marker string in ``data`` by its array (the markers are left in
+    document order, in objects and lists at any depth). Returns how deep the arrays
+    nest the document (their containers and their own dimensions, counted as
+    ``check_depth`` counts brackets), or more than ``MAX_DEPTH`` if a marker was not
+    found as a value."""
     left = len(arrays)
-    stack = [data]
+    deepest = 0
+    stack: list[tuple[dict[str, Any] | list[Any], int]] = [(data, 1)]
     while stack and left:
-        node = stack.pop()
+        node, depth = stack.pop()
         items = node.items() if isinstance(node, dict) else enumerate(node)
         for k, v in items:
             if isinstance(v, str):
                 if v in arrays:
-                    node[k] = arrays[v]
+                    node[k] = arr = arrays[v]  # type: ignore[index]
+                    deepest = max(deepest, depth + arr.ndim)
                     left -= 1
             elif isinstance(v, dict | list):
-                stack.append(v)
-    return data
+                stack.append((v, depth + 1))
+    return MAX_DEPTH + 1 if left else deepest
