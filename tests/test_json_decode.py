@@ -290,3 +290,94 @@ def test_arrays_as_deep_as_allowed_are_read() -> None:
     for _ in range(7):
         result = result["a"]
     assert result["a"].shape == (1,) * 15 + (9001,)
+
+
+def _random_document(rng: Any) -> bytes:
+    """A random body: objects, lists, strings that look like arrays, and numeric arrays
+    of rank 1-18 (some ragged, empty, holding non-numbers), wrapped up to 12 deep, and
+    sometimes a few bytes changed; or an array where a key belongs, or one at the depth
+    limit."""
+    numbers = [b"0", b"-0", b"-0.0", b"1e5", b"1E-0", b"2.5", b"-7", b"9223372036854775807"]
+    numbers += [b"-9223372036854775808", b"4.9e-324", b"1.7976931348623157e308"]
+    odd = [b"true", b"null", b'"1"', b"[]", b"{}", b"[1]", b"1 2", b"", b"01", b"1."]
+    odd += [b"9223372036854775808", b"18446744073709551616", b"1e400"]
+    strings = [b'"x"', b'"[1,2,3]"', b'"a\\"[1,2]"', b'"\\u005b1]"', b'": [1]"', b'"\\u0000"']
+
+    def array(shape: list[int]) -> bytes:
+        if len(shape) == 1:
+            items = [rng.choice(numbers) for _ in range(shape[0])]
+        elif len(shape) == 2 and shape[0] > 1 and rng.random() < 0.1:
+            # Ragged with a rectangle's count: rows cut from the numbers at random.
+            flat = [rng.choice(numbers) for _ in range(shape[0] * shape[1])]
+            cuts = sorted(rng.sample(range(1, len(flat)), min(shape[0] - 1, len(flat) - 1)))
+            rows = [flat[a:b] for a, b in zip([0, *cuts], [*cuts, len(flat)], strict=True)]
+            items = [b"[" + b",".join(row) + b"]" for row in rows]
+        else:
+            items = [array(shape[1:]) for _ in range(shape[0])]
+        if rng.random() < 0.03:
+            items[rng.randrange(len(items))] = rng.choice(odd)
+        if rng.random() < 0.02:
+            items.pop() if rng.random() < 0.5 else items.append(items[0])
+        space = rng.choice([b"", b"", b" ", b"\n "])
+        return b"[" + (b"," + space).join(items) + b"]"
+
+    def value(depth: int) -> bytes:
+        r = rng.random()
+        if depth > 3 or r < 0.5:
+            rank = rng.choice([1, 1, 2, 3, rng.randint(1, 18)])
+            outer = [rng.randint(1, 3) if i < 2 else 1 for i in range(rank - 1)]
+            return array([*outer, rng.randint(1, 30)])
+        if r < 0.55:
+            return rng.choice(strings + odd[:2])
+        if r < 0.8:
+            keys = rng.sample([b'"a"', b'"b"', b'"x[1]"', b'"d:e"'], rng.randint(0, 3))
+            if rng.random() < 0.1 and keys:
+                keys.append(keys[0])  # a duplicate key
+            return b"{" + b",".join(k + b":" + value(depth + 1) for k in keys) + b"}"
+        return b"[" + b",".join(value(depth + 1) for _ in range(rng.randint(1, 3))) + b"]"
+
+    r = rng.random()
+    if r < 0.04:  # an array where a key belongs
+        return b'{"a": 1, ' + array([rng.randint(1, 30)]) + b": 2}"
+    if r < 0.08:  # an array at the depth limit, or one level past it
+        rank = rng.randint(1, 16)
+        wrap = strictjson.MAX_DEPTH - rank + rng.choice([0, 1])
+        return b'{"a":' * wrap + array([1] * (rank - 1) + [rng.randint(1, 30)]) + b"}" * wrap
+    wrap = rng.choice([0, 0, 1, 2, rng.randint(0, 12)])
+    body = b'{"a":' * wrap + value(0) + b"}" * wrap
+    if rng.random() < 0.15:
+        raw = bytearray(body)
+        i = rng.randrange(len(raw))
+        raw[i : i + rng.randint(0, 2)] = bytes([rng.choice(b'[]{},:"019e.- \\')])
+        body = bytes(raw)
+    return body
+
+
+def test_random_documents_decode_as_loads_strict(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Random bodies with the size thresholds lowered so that most arrays are cut out:
+    loads_tensors returns what loads_strict does (arrays as numpy reads its lists), or
+    raises the same error."""
+    import random
+
+    rng = random.Random(20261207)
+    cut = 0
+    for round_ in range(120):
+        monkeypatch.setattr(strictjson, "TENSOR_MIN_BODY", rng.choice([0, 64]))
+        monkeypatch.setattr(strictjson, "TENSOR_MIN_ARRAY", rng.choice([1, 8, 32]))
+        monkeypatch.setattr(strictjson, "CHUNK", rng.choice([1, 3, 16, 1 << 20]))
+        monkeypatch.setattr(strictjson, "KEEP_PARSER_BYTES", rng.choice([0, 64, 1 << 20]))
+        for _ in range(25):
+            body = _random_document(rng)
+            try:
+                want = loads_strict(body)
+            except BadInput as e:
+                with pytest.raises(BadInput) as got:
+                    loads_tensors(body)
+                assert str(got.value) == str(e), (round_, body)
+                continue
+            result = loads_tensors(body)
+            same(result, want)
+            if isinstance(result, np.ndarray):
+                assert result.tobytes() == np.asarray(want).tobytes(), body  # -0.0 too
+            cut += arrays_in(result)
+    assert cut > 500  # the fast path really ran
