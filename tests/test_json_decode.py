@@ -123,6 +123,14 @@ ERRORS: dict[str, bytes] = {
     "too-deep": b'{"a": ' + b"[" * 30 + b"1," * 5000 + b"1" + b"]" * 30 + b"}",
     "not-utf8": b'{"a": [' + b"1," * 5000 + b'1], "b": "\xff"}',
     "two-documents": b'{"a": [' + b"1," * 5000 + b"1]} {}",
+    # The depth check runs on the body with its arrays cut out: an array's own
+    # dimensions must still count (25 levels: 9 objects and 16 dimensions).
+    "deep-around-a-cut-out-array": (
+        b'{"a":' * 9 + b"[" * 16 + b"1," * 9000 + b"1" + b"]" * 16 + b"}" * 9
+    ),
+    # An array where a key belongs: its marker would have parsed as that key.
+    "array-as-a-key": b'{"a": 1, [' + b"1," * 9000 + b"1]: 2}",
+    "bad-key-beside-a-cut-out-array": b'{"a": [' + b"1," * 9000 + b'1], "b": {[2]: 3}}',
 }
 
 
@@ -262,25 +270,6 @@ def test_decoder_threads_keep_their_own_parser() -> None:
             assert isinstance(got, BadInput) and str(got) == str(e)
         else:
             same(got, want)
-
-
-@pytest.mark.parametrize(
-    "body",
-    [
-        # The depth check runs on the body with its arrays cut out: an array's own
-        # dimensions must still count (25 levels: 9 objects and 16 dimensions).
-        b'{"a":' * 9 + b"[" * 16 + b"1," * 9000 + b"1" + b"]" * 16 + b"}" * 9,
-        # An array where a key belongs: its marker would have parsed as that key.
-        b'{"a": 1, [' + b"1," * 9000 + b"1]: 2}",
-        b'{"a": [' + b"1," * 9000 + b'1], "b": {[2]: 3}}',
-    ],
-)
-def test_cut_out_arrays_hide_no_error(body: bytes) -> None:
-    with pytest.raises(BadInput) as strict:
-        loads_strict(body)
-    with pytest.raises(BadInput) as fast:
-        loads_tensors(body)
-    assert str(fast.value) == str(strict.value)
 
 
 def test_arrays_as_deep_as_allowed_are_read() -> None:

@@ -136,10 +136,11 @@ _parsers = threading.local()
 def _numbers(piece: bytes, fraction: bool) -> Any:
     """The numbers of ``piece``, a JSON array of numbers (nested arrays flattened), as
     float64 (``fraction``) or int64; None if it is anything else."""
-    parser = getattr(_parsers, "parser", None) if len(piece) <= KEEP_PARSER_BYTES else None
+    keep = len(piece) <= KEEP_PARSER_BYTES
+    parser = getattr(_parsers, "parser", None) if keep else None
     if parser is None:
         parser = _simdjson.Parser()
-        if len(piece) <= KEEP_PARSER_BYTES:
+        if keep:
             _parsers.parser = parser
     try:
         buffer = parser.parse(piece).as_buffer(  # type: ignore[union-attr]
