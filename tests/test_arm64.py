@@ -296,19 +296,24 @@ def vm_rss_mb(docker: Docker, container: str) -> tuple[float, float]:
     return int(fields["VmRSS"]) / 1024, int(fields["VmHWM"]) / 1024
 
 
+def run_build_script(name: str, docker: Docker, **env: str) -> None:
+    """``scripts/<name>`` with docker's environment and ``env``; its output if it fails."""
+    done = subprocess.run(
+        [str(ROOT / "scripts" / name)],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        env={**docker.env, **env},
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, f"{done.stdout[-5000:]}\n{done.stderr[-5000:]}"
+
+
 @pytest.fixture(scope="module")
 def arm64_image(docker: Docker) -> str:
     need_root()
     started = time.monotonic()
-    done = subprocess.run(
-        [str(ROOT / "scripts" / "build_arm64.sh")],
-        capture_output=True,
-        text=True,
-        timeout=3600,
-        env={**docker.env, "TAG": ARM64_IMAGE},
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, f"{done.stdout[-5000:]}\n{done.stderr[-5000:]}"
+    run_build_script("build_arm64.sh", docker, TAG=ARM64_IMAGE)
     arch = docker("image", "inspect", "--format", "{{.Os}}/{{.Architecture}}", ARM64_IMAGE)
     assert arch.stdout.strip() == "linux/arm64"
     size = int(docker("image", "inspect", "--format", "{{.Size}}", ARM64_IMAGE).stdout)
@@ -439,15 +444,7 @@ def test_one_name_holds_the_amd64_and_the_arm64_image(
 ) -> None:
     """scripts/build_multiarch.sh: both platforms from the same Dockerfile under one name;
     a pull for each platform gets that platform's image."""
-    done = subprocess.run(
-        [str(ROOT / "scripts" / "build_multiarch.sh")],
-        capture_output=True,
-        text=True,
-        timeout=3600,
-        env={**docker.env, "REGISTRY": local_registry},
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, f"{done.stdout[-5000:]}\n{done.stderr[-5000:]}"
+    run_build_script("build_multiarch.sh", docker, REGISTRY=local_registry)
     target = f"{local_registry}/servekit:{servekit.__version__}"
     manifest = json.loads(docker("manifest", "inspect", "--insecure", target).stdout)
     platforms = {
