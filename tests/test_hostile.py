@@ -248,6 +248,22 @@ F32 = F32_ROW.tobytes()
 # The independent round's 12 requests that got a 500 (RecursionError or ValueError), and
 # their families: each must be a 400 that names the problem.
 CASES += [
+    # Large numeric arrays are decoded apart from the rest of the body: their dimensions
+    # still count towards the depth limit, and one where a key belongs is malformed.
+    (
+        "v1-deep-around-a-large-array",
+        "POST",
+        PREDICT,
+        b'{"instances":' * 9 + nested(16, "1," * 9000 + "1").encode() + b"}" * 9,
+        (400,),
+    ),
+    (
+        "v1-large-array-as-a-key",
+        "POST",
+        PREDICT,
+        b'{"instances": 1, [' + b"1," * 9000 + b"1]: 2}",
+        (400,),
+    ),
     ("v1-deep-array-600", "POST", PREDICT, nested(600).encode(), (400,)),
     ("v1-deep-array-1000", "POST", PREDICT, nested(1000).encode(), (400,)),
     ("v1-deep-object-500", "POST", PREDICT, deep_object(500), (400,)),
